@@ -1,0 +1,46 @@
+# The two commands a newcomer needs: `make run` (the API on http://127.0.0.1:7071 with Azurite) and
+# `make test` (everything CI checks). Both install what they need on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.installed
+STAMP_NODE := node_modules/.installed
+
+.PHONY: run test unit lint infra-check soak bench token clean
+
+$(STAMP_PY): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: $(STAMP_PY) $(STAMP_NODE)
+	$(PY) -m scripts.run_local
+
+token: $(STAMP_PY)
+	@$(PY) -m scripts.dev_tokens $(ARGS)
+
+test: $(STAMP_PY) $(STAMP_NODE)
+	$(PY) -m pytest -m "not soak"
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory infra-check
+
+lint: $(STAMP_PY)
+	$(PY) -m ruff check .
+	$(PY) -m mypy shared get_referral update_referral scripts
+
+infra-check:
+	bash scripts/check-infra.sh
+
+soak: $(STAMP_PY) $(STAMP_NODE)
+	$(PY) -m pytest -m soak
+
+bench: $(STAMP_PY) $(STAMP_NODE)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .venv-infra node_modules .azurite .local .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,202 @@
+"""Turning a request into a new referral: creation, merge-patch updates, participants, activities. Pure.
+
+Everything here works on plain JSON documents and the pydantic models; the service layer reads and
+writes storage around it and retries it when a concurrent writer got there first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.model import (
+    ActivityAction,
+    Limits,
+    ParticipantStatus,
+    Referral,
+    ReferralStatus,
+    check_transition,
+)
+from shared.patching import JsonObject, changed_paths, merge_patch
+from shared.policy import Caller, check_create, check_update
+from shared.store import to_json, utf16_units
+
+SERVER_MANAGED = ("id", "createdDate", "updatedDate")
+
+
+def utc_now() -> str:
+    """UTC ISO-8601 with microseconds and Z: fixed width, so it also sorts as text."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tuple[JsonObject, JsonObject]:
+    """A new referral from a request, and its Created activity."""
+    for name in ("createdDate", "updatedDate", "activities"):
+        if name in patch:
+            raise InvalidRequest(f"'{name}' is set by the service.", target=name)
+    creator = {
+        "id": _new_participant_id(),
+        "organizationId": caller.organization_id,
+        "status": ParticipantStatus.ACCEPTED.value,
+    }
+    requested = {key: value for key, value in patch.items() if key not in ("id", "participants")}
+    document: JsonObject = {
+        "id": referral_id,
+        "createdDate": now,
+        "updatedDate": now,
+        "status": ReferralStatus.PENDING.value,
+        **requested,
+        "participants": merge_participants(caller, [creator], patch.get("participants", []), creator["id"]),
+    }
+    if "referralSource" not in patch:
+        raise InvalidRequest("'referralSource' is required to create a referral.", target="referralSource")
+    referral = validate(document)
+    check_transition(None, referral.status)
+    check_create(caller, referral)
+    created = referral.to_json_dict()
+    _check_size(created)
+    return created, activity(caller, ActivityAction.CREATED, None, referral, changed_paths({}, _tracked(created)), now)
+
+
+def update(
+    caller: Caller,
+    current: JsonObject,
+    shown_activities: list[JsonObject],
+    patch: JsonObject,
+    now: str,
+) -> tuple[JsonObject, JsonObject] | None:
+    """The updated referral and its Updated activity, or None when the request changes nothing."""
+    for name in SERVER_MANAGED:
+        if name in patch and patch[name] != current.get(name):
+            raise InvalidRequest(f"'{name}' is read-only and differs from the stored value.", target=name)
+    if "activities" in patch and patch["activities"] != shown_activities:
+        raise InvalidRequest("'activities' is read-only and differs from the stored history.", target="activities")
+
+    before = validate(current)
+    mine = next((p for p in current["participants"] if p["organizationId"] == caller.organization_id), None)
+    requested = {key: value for key, value in patch.items() if key not in (*SERVER_MANAGED, "activities", "participants")}
+    merged = merge_patch(current, requested)
+    if "participants" in patch:
+        merged["participants"] = merge_participants(
+            caller, current["participants"], patch["participants"], mine["id"] if mine else None
+        )
+    after = validate(merged)
+    if after == before:
+        return None
+    check_update(caller, before, after)
+    check_transition(before.status, after.status)
+
+    updated = after.model_copy(update={"updatedDate": now}).to_json_dict()
+    _check_size(updated)
+    changes = changed_paths(_tracked(before.to_json_dict()), _tracked(updated))
+    return updated, activity(caller, ActivityAction.UPDATED, before.status, after, changes, now)
+
+
+def merge_participants(
+    caller: Caller, stored: list[JsonObject], requested: Any, inviter_id: str | None
+) -> list[JsonObject]:
+    """Match requested entries to stored ones by organizationId; unknown organizations are invited."""
+    if not isinstance(requested, list):
+        raise InvalidRequest("'participants' must be a list; participants cannot be removed.", target="participants")
+    if len(requested) > Limits.PARTICIPANTS:
+        raise InvalidRequest(f"At most {Limits.PARTICIPANTS} participants.", target="participants")
+    result = [dict(entry) for entry in stored]
+    index_of = {entry["organizationId"]: index for index, entry in enumerate(result)}
+    seen: set[str] = set()
+    for position, entry in enumerate(requested):
+        path = f"participants[{position}]"
+        if not isinstance(entry, dict):
+            raise InvalidRequest("A participant must be an object.", target=path)
+        organization = entry.get("organizationId")
+        if not isinstance(organization, str):
+            raise InvalidRequest("A participant needs its organizationId.", target=f"{path}.organizationId")
+        if organization in seen:
+            raise InvalidRequest(f"Organization {organization} is listed twice.", target=f"{path}.organizationId")
+        seen.add(organization)
+        if organization in index_of:
+            existing = result[index_of[organization]]
+            for name in ("id", "invitedByParticipantId"):
+                if name in entry and entry[name] != existing.get(name):
+                    raise InvalidRequest(f"'{name}' is read-only.", target=f"{path}.{name}")
+            result[index_of[organization]] = merge_patch(existing, entry)
+        else:
+            for name in ("id", "invitedByParticipantId"):
+                if name in entry:
+                    raise InvalidRequest(f"'{name}' is set by the service.", target=f"{path}.{name}")
+            invited = {"status": ParticipantStatus.INVITED.value, **merge_patch({}, entry)}
+            invited["id"] = _new_participant_id()
+            if inviter_id is not None:
+                invited["invitedByParticipantId"] = inviter_id
+            index_of[organization] = len(result)
+            result.append(invited)
+    return result
+
+
+def validate(document: JsonObject) -> Referral:
+    try:
+        return Referral.model_validate(document)
+    except ValidationError as error:
+        raise _invalid(error) from None
+
+
+def activity(
+    caller: Caller,
+    action: ActivityAction,
+    from_status: ReferralStatus | None,
+    after: Referral,
+    changed: list[str],
+    now: str,
+) -> JsonObject:
+    entry: JsonObject = {
+        "date": now,
+        "organizationId": caller.organization_id,
+        "action": action.value,
+        "toStatus": after.status.value,
+        "changedProperties": changed,
+    }
+    if from_status is not None:
+        entry["fromStatus"] = from_status.value
+    return entry
+
+
+def _tracked(document: JsonObject) -> JsonObject:
+    """What an activity reports as changed: everything but the server-managed bookkeeping."""
+    return {key: value for key, value in document.items() if key not in SERVER_MANAGED}
+
+
+def _check_size(document: JsonObject) -> None:
+    units = utf16_units(to_json(document))
+    if units > Limits.REFERRAL_JSON_UNITS:
+        raise PayloadTooLarge(
+            f"The referral would be {units} characters of JSON; at most {Limits.REFERRAL_JSON_UNITS} are stored."
+        )
+
+
+def _new_participant_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _invalid(error: ValidationError) -> InvalidRequest:
+    problems = []
+    for item in error.errors(include_url=False)[:20]:
+        location = _path(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append({"code": "invalidRequest", "message": f"{location or 'body'}: {message}", "target": location})
+    first = problems[0]
+    return InvalidRequest(first["message"], target=first["target"] or None, details=problems[1:] or None)
+
+
+def _path(location: tuple[Any, ...]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" in str(part) or part in ("function-after", "function-before"):
+            continue  # pydantic's names for validator steps, not properties
+        else:
+            path += f".{part}" if path else str(part)
+    return path

@@ -1,0 +1,296 @@
+"""The referral resource: pydantic models, enums, limits and status transitions. Pure: no I/O.
+
+Field names are the camelCase wire names, so a model dump is the JSON a caller sees. Absent and null
+mean the same thing (JSON merge-patch removes a property with null), so dumps leave out None.
+Every string and list has a maximum (see `Limits`), and a whole referral has one too, so that the
+largest valid referral, any Unicode included, fits one Table Storage entity with its recent history.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date
+from enum import Enum
+from functools import lru_cache
+from typing import Annotated, Any, TypeVar
+
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from shared.errors import InvalidStatusTransition
+from shared.guid import parse_guid
+
+
+class Limits:
+    """Documented maxima (README "Limits"); the OpenAPI schema is tested against these."""
+
+    ID = 128
+    SHORT_TEXT = 256  # names, address lines, contact fields, list items
+    EMAIL = 254  # RFC 5321 path limit
+    PHONE = 64
+    LONG_TEXT = 4000  # notes, customerNeed, additionalInformation, solutions
+    LIST_ITEMS = 100  # industries, products, services
+    PARTICIPANTS = 50
+    USERS_PER_PARTICIPANT = 10
+    DEAL_VALUE = 1e15
+    # The whole referral as compact JSON, activities excluded, in UTF-16 code units (what Table Storage
+    # counts). 200,000 units is at most 400 KB stored, which leaves room in the 1 MiB entity for the
+    # newest 150 activities of history.
+    REFERRAL_JSON_UNITS = 200_000
+    REQUEST_BODY_BYTES = 256 * 1024
+    ACTIVITIES_RETURNED = 100
+
+
+class ReferralStatus(str, Enum):
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    WON = "Won"
+    LOST = "Lost"
+
+
+class ReferralSource(str, Enum):
+    WEB_DIRECT = "WebDirect"
+    PARTNER_LED = "PartnerLed"
+    AGENT_LED = "AgentLed"
+    P2P = "P2P"
+
+
+class ParticipantStatus(str, Enum):
+    # The seed lists Missed at position 3 as well as Expired; positions here are the fixed ones.
+    INVITED = "Invited"
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+    EXPIRED = "Expired"
+    MISSED = "Missed"
+
+
+class ActivityAction(str, Enum):
+    CREATED = "Created"
+    UPDATED = "Updated"
+
+
+ALLOWED_TRANSITIONS: dict[ReferralStatus, frozenset[ReferralStatus]] = {
+    ReferralStatus.PENDING: frozenset({ReferralStatus.ACTIVE, ReferralStatus.LOST}),
+    ReferralStatus.ACTIVE: frozenset({ReferralStatus.WON, ReferralStatus.LOST}),
+    ReferralStatus.WON: frozenset(),
+    ReferralStatus.LOST: frozenset(),
+}
+INITIAL_STATUSES = frozenset({ReferralStatus.PENDING, ReferralStatus.ACTIVE})
+
+
+def check_transition(current: ReferralStatus | None, new: ReferralStatus) -> None:
+    """Raise unless `current -> new` is allowed; `current` None means the referral is being created."""
+    if current is None:
+        if new not in INITIAL_STATUSES:
+            raise InvalidStatusTransition(
+                f"A referral is created as Pending or Active, not {new.value}.", target="status"
+            )
+        return
+    if new != current and new not in ALLOWED_TRANSITIONS[current]:
+        allowed = ", ".join(s.value for s in sorted(ALLOWED_TRANSITIONS[current], key=_position))
+        raise InvalidStatusTransition(
+            f"Status cannot move from {current.value} to {new.value}"
+            + (f"; allowed next: {allowed}." if allowed else f"; {current.value} is final."),
+            target="status",
+        )
+
+
+def _position(member: Enum) -> int:
+    return list(type(member)).index(member)
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def _enum_input(enum_type: type[E]) -> Any:
+    """Accept an enum by name in any case, or by its integer position as the seed documents number them."""
+    by_name = {member.value.lower(): member for member in enum_type}
+    members = list(enum_type)
+
+    def coerce(value: Any) -> Any:
+        if isinstance(value, enum_type):
+            return value
+        if isinstance(value, str) and value.lower() in by_name:
+            return by_name[value.lower()]
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(members):
+            return members[value]
+        names = ", ".join(member.value for member in members)
+        raise ValueError(f"must be one of {names} (or its position 0-{len(members) - 1})")
+
+    return BeforeValidator(coerce)
+
+
+# Text may hold any Unicode except unpaired surrogates (not storable) and control characters other
+# than tab, line feed and carriage return (they corrupt CRM exports and logs).
+_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _plain_text(value: str) -> str:
+    if _FORBIDDEN_TEXT.search(value):
+        raise ValueError("must not contain control characters or unpaired surrogates")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+ShortText = Annotated[str, Field(max_length=Limits.SHORT_TEXT), AfterValidator(_plain_text)]
+RequiredText = Annotated[ShortText, AfterValidator(_not_blank)]
+LongText = Annotated[str, Field(max_length=Limits.LONG_TEXT), AfterValidator(_plain_text)]
+TextList = Annotated[list[RequiredText], Field(max_length=Limits.LIST_ITEMS)]
+PhoneNumber = Annotated[str, Field(max_length=Limits.PHONE), AfterValidator(_plain_text)]
+
+
+def _email(value: str) -> str:
+    try:
+        # Syntax only: a CRM must be able to store an address whose domain is down today.
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise ValueError(f"is not a valid email address ({error})") from None
+    return value
+
+
+@lru_cache(maxsize=1)
+def _country_codes() -> frozenset[str]:
+    return frozenset(country.alpha_2 for country in pycountry.countries)
+
+
+@lru_cache(maxsize=1)
+def _currency_codes() -> frozenset[str]:
+    return frozenset(currency.alpha_3 for currency in pycountry.currencies)
+
+
+def _country(value: str) -> str:
+    if value not in _country_codes():
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code in upper case, such as US or DE")
+    return value
+
+
+def _currency(value: str) -> str:
+    if value not in _currency_codes():
+        raise ValueError("must be an ISO 4217 currency code in upper case, such as USD or EUR")
+    return value
+
+
+def _iso_date(value: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    date.fromisoformat(value)
+    return value
+
+
+def _finite(value: float) -> float:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _guid(value: str) -> str:
+    if parse_guid(value) != value:
+        raise ValueError("must be a GUID in lower case (an Entra tenant id)")
+    return value
+
+
+Email = Annotated[str, Field(max_length=Limits.EMAIL), AfterValidator(_email)]
+CountryCode = Annotated[str, Field(min_length=2, max_length=2), AfterValidator(_country)]
+CurrencyCode = Annotated[str, Field(min_length=3, max_length=3), AfterValidator(_currency)]
+IsoDate = Annotated[str, Field(max_length=10), AfterValidator(_iso_date)]
+Amount = Annotated[int | float, Field(ge=0, le=Limits.DEAL_VALUE), AfterValidator(_finite)]
+OrganizationId = Annotated[str, Field(max_length=36), AfterValidator(_guid)]
+ServerId = Annotated[str, Field(max_length=Limits.ID), AfterValidator(_plain_text)]
+Timestamp = Annotated[str, Field(max_length=40)]
+
+
+class ApiModel(BaseModel):
+    # Strict: a wrong JSON type is an error, never silently converted ("5" is not a number here).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Contact(ApiModel):
+    firstName: ShortText | None = None
+    lastName: ShortText | None = None
+    email: Email | None = None
+    phoneNumber: PhoneNumber | None = None
+
+
+class Address(ApiModel):
+    addressLine1: ShortText | None = None
+    addressLine2: ShortText | None = None
+    city: ShortText | None = None
+    state: ShortText | None = None
+    postalCode: ShortText | None = None
+    country: CountryCode | None = None
+
+
+class CustomerProfile(ApiModel):
+    id: ShortText | None = None
+    name: RequiredText
+    address: Address | None = None
+    contact: Contact | None = None
+
+
+class CustomerRequirements(ApiModel):
+    industries: TextList | None = None
+    products: TextList | None = None
+    services: TextList | None = None
+    solutions: LongText | None = None
+    customerNeed: LongText | None = None
+
+
+class ReferralDetails(ApiModel):
+    notes: LongText | None = None
+    dealValue: Amount | None = None
+    currency: CurrencyCode | None = None
+    closingDate: IsoDate | None = None
+
+    @model_validator(mode="after")
+    def _deal_value_needs_currency(self) -> ReferralDetails:
+        if self.dealValue is not None and self.currency is None:
+            raise ValueError("currency is required when dealValue is set")
+        return self
+
+
+class Participant(ApiModel):
+    id: ServerId
+    organizationId: OrganizationId
+    users: Annotated[list[Contact], Field(max_length=Limits.USERS_PER_PARTICIPANT)] | None = None
+    invitedByParticipantId: ServerId | None = None
+    status: Annotated[ParticipantStatus, _enum_input(ParticipantStatus)]
+
+
+class Activity(ApiModel):
+    date: Timestamp
+    organizationId: OrganizationId
+    action: Annotated[ActivityAction, _enum_input(ActivityAction)]
+    fromStatus: Annotated[ReferralStatus, _enum_input(ReferralStatus)] | None = None
+    toStatus: Annotated[ReferralStatus, _enum_input(ReferralStatus)]
+    changedProperties: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)]
+
+
+class Referral(ApiModel):
+    """A referral as stored and returned, without its activities (those are kept beside it)."""
+
+    id: Annotated[str, Field(max_length=Limits.ID)]
+    createdDate: Timestamp
+    updatedDate: Timestamp
+    status: Annotated[ReferralStatus, _enum_input(ReferralStatus)]
+    referralSource: Annotated[ReferralSource, _enum_input(ReferralSource)]
+    customerProfile: CustomerProfile
+    customerRequirements: CustomerRequirements | None = None
+    details: ReferralDetails | None = None
+    additionalInformation: LongText | None = None
+    participants: Annotated[list[Participant], Field(max_length=Limits.PARTICIPANTS)]
+
+
+# Properties a caller may send but not change: accepted only when equal to the stored value.
+READ_ONLY_PROPERTIES = ("id", "createdDate", "updatedDate", "activities")
+REFERRAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+

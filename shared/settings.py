@@ -1,0 +1,131 @@
+"""Configuration read from the environment, validated once per process, at first use.
+
+A missing or invalid setting raises `ConfigurationError` naming the setting (never its value), so a
+misconfigured deployment fails clearly on its first request instead of half-working.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from shared.errors import ConfigurationError
+from shared.guid import parse_guid
+
+ENTRA_COMMON_JWKS_URI = "https://login.microsoftonline.com/common/discovery/v2.0/keys"
+DEFAULT_TABLE = "Referrals"
+# Table names: 3-63 alphanumerics, starting with a letter (Table Storage's own rule).
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Either a connection string (Azurite, local use) or a table endpoint used with an Entra identity."""
+
+    connection_string: str | None
+    table_service_uri: str | None
+    managed_identity_client_id: str | None
+    table_name: str
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    audience: str
+    home_tenant_id: str
+    allowed_tenant_ids: frozenset[str]
+    jwks_uri: str
+
+
+def load_storage_settings(env: Mapping[str, str]) -> StorageSettings:
+    connection_string = env.get("REFERRALS_STORAGE", "").strip() or None
+    service_uri = env.get("REFERRALS_STORAGE__tableServiceUri", "").strip() or None
+    client_id = env.get("REFERRALS_STORAGE__clientId", "").strip() or None
+    table_name = env.get("REFERRALS_TABLE", "").strip() or DEFAULT_TABLE
+
+    if connection_string and service_uri:
+        raise ConfigurationError(
+            "REFERRALS_STORAGE", "and REFERRALS_STORAGE__tableServiceUri are both set; set only one"
+        )
+    if not connection_string and not service_uri:
+        raise ConfigurationError(
+            "REFERRALS_STORAGE",
+            "is missing (set a connection string, or REFERRALS_STORAGE__tableServiceUri for an identity)",
+        )
+    if service_uri:
+        parsed = urlparse(service_uri)
+        secure = parsed.scheme == "https" or (
+            parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS
+        )
+        if not secure or not parsed.hostname:
+            raise ConfigurationError(
+                "REFERRALS_STORAGE__tableServiceUri", "must be an https:// table service endpoint"
+            )
+    if client_id and parse_guid(client_id) is None:
+        raise ConfigurationError("REFERRALS_STORAGE__clientId", "must be a GUID")
+    if not _TABLE_NAME.match(table_name):
+        raise ConfigurationError(
+            "REFERRALS_TABLE", "must be 3-63 letters and digits, starting with a letter"
+        )
+    return StorageSettings(connection_string, service_uri, client_id, table_name)
+
+
+def load_auth_settings(env: Mapping[str, str]) -> AuthSettings:
+    audience = env.get("AUTH_AUDIENCE", "").strip()
+    if not audience:
+        raise ConfigurationError("AUTH_AUDIENCE", "is missing")
+    home_tenant = parse_guid(env.get("AUTH_TENANT_ID", "").strip())
+    if home_tenant is None:
+        raise ConfigurationError("AUTH_TENANT_ID", "must be a tenant GUID")
+    allowed: set[str] = set()
+    for item in env.get("AUTH_ALLOWED_TENANTS", "").split(","):
+        if not item.strip():
+            continue
+        tenant = parse_guid(item.strip())
+        if tenant is None:
+            raise ConfigurationError("AUTH_ALLOWED_TENANTS", "must be comma-separated tenant GUIDs")
+        allowed.add(tenant)
+    jwks_uri = env.get("AUTH_JWKS_URI", "").strip() or ENTRA_COMMON_JWKS_URI
+    parsed = urlparse(jwks_uri)
+    if parsed.scheme == "file":
+        if not parsed.path.startswith("/"):
+            raise ConfigurationError("AUTH_JWKS_URI", "must be an absolute file:// URI")
+    elif parsed.scheme != "https" or not parsed.hostname:
+        raise ConfigurationError("AUTH_JWKS_URI", "must be an https:// or file:// URI")
+    return AuthSettings(audience, home_tenant, frozenset(allowed), jwks_uri)
+
+
+class _Lazy:
+    """Loads settings from `os.environ` on first use and keeps them for the life of the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._storage: StorageSettings | None = None
+        self._auth: AuthSettings | None = None
+
+    def storage(self) -> StorageSettings:
+        if self._storage is None:
+            with self._lock:
+                if self._storage is None:
+                    self._storage = load_storage_settings(os.environ)
+        return self._storage
+
+    def auth(self) -> AuthSettings:
+        if self._auth is None:
+            with self._lock:
+                if self._auth is None:
+                    self._auth = load_auth_settings(os.environ)
+        return self._auth
+
+    def reset(self) -> None:
+        """Forget what was loaded (tests change the environment between cases)."""
+        with self._lock:
+            self._storage = None
+            self._auth = None
+
+
+settings = _Lazy()

@@ -1,0 +1,353 @@
+"""Table Storage repository for referrals: the only module that speaks azure.data.tables.
+
+Layout, one partition per referral (PartitionKey = the referral id, which cannot contain the ':' that
+the organization index partitions of `shared.index` start with):
+
+- RowKey `referral`: the referral itself. `Body*` holds the JSON exactly as GET returns it (the
+  referral and its newest 100 activities), split into string properties because one property holds
+  at most 32K UTF-16 characters; GET answers from it without parsing. `Older*` holds activities that
+  dropped out of the newest 100 but are not archived yet. `Version` is the public ETag: random per
+  write, so it reveals nothing of storage. `Organizations` lets a read decide visibility without
+  parsing the body.
+- RowKey `history-0000000000`, `history-0000000001`, ...: archived activities, oldest first, 50 a row.
+
+Every write is one conditional operation on the referral row (If-Match on the storage ETag read
+before), so a referral and its history never disagree. When 50 activities have gathered in `Older`,
+they move to a new history row in the same entity group transaction as the referral's update: one
+transaction in 50 writes, single conditional updates otherwise (a transaction's multipart encoding
+costs several times the client CPU of a plain update).
+
+Storage faults become `ServiceNotAvailable`; lost races become `WriteConflict` / `AlreadyExists`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+
+from shared.errors import ApiError, ConfigurationError, ServiceNotAvailable
+from shared.model import Limits
+from shared.settings import StorageSettings, settings
+
+log = logging.getLogger("referrals.store")
+
+REFERRAL_ROW = "referral"
+HISTORY_ROW_PREFIX = "history-"
+ACTIVITIES_PER_HISTORY_ROW = 50
+# A string property holds 64 KiB: 32,768 UTF-16 code units. ASCII text is one unit a character; any
+# other character is at most two, so half the limit in characters is always safe.
+_ASCII_CHUNK = 32_000
+_UNICODE_CHUNK = 16_000
+# What one entity may hold is 1 MiB including property names and overhead; stay clear of it.
+_ENTITY_BUDGET_BYTES = 1_000_000
+
+# Client tuning: a request must end well inside the Functions HTTP limit and, per the contract, within
+# a few seconds when storage is unreachable, paused or throttling. One retry for a dropped connection
+# or read; no retry on throttling status (the caller gets 503 with Retry-After and backs off itself).
+CLIENT_OPTIONS: dict[str, Any] = {
+    "connection_timeout": 2,
+    "read_timeout": 2.5,
+    "retry_total": 1,
+    "retry_connect": 1,
+    "retry_read": 1,
+    "retry_status": 0,
+    "retry_backoff_factor": 0.2,
+    "retry_backoff_max": 1,
+}
+
+
+class WriteConflict(Exception):
+    """The referral changed since it was read; re-read and try again."""
+
+
+class AlreadyExists(Exception):
+    """A referral with this id was created since it was read as absent."""
+
+
+@dataclass(frozen=True)
+class StoredReferral:
+    referral_id: str
+    body: str  # the JSON GET returns: the referral and its newest activities
+    etag: str  # public, quoted, strong
+    organizations: frozenset[str]
+    storage_etag: str
+    older_activities: tuple[str, ...]  # JSON of activities not shown and not yet archived
+    archived_rows: int
+
+    def document(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The referral without activities, and its shown activities (oldest first)."""
+        parsed = json.loads(self.body)
+        activities = parsed.pop("activities", [])
+        return parsed, activities
+
+
+def new_etag() -> str:
+    return f'"{secrets.token_urlsafe(16)}"'
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def utf16_units(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def _chunks(text: str) -> list[str]:
+    size = _ASCII_CHUNK if text.isascii() else _UNICODE_CHUNK
+    return [text[start : start + size] for start in range(0, len(text), size)] or [""]
+
+
+def _put_text(entity: dict[str, Any], prefix: str, text: str) -> None:
+    parts = _chunks(text)
+    entity[f"{prefix}Parts"] = len(parts)
+    for index, part in enumerate(parts):
+        entity[f"{prefix}{index}"] = part
+
+
+def _get_text(entity: Any, prefix: str) -> str:
+    return "".join(entity[f"{prefix}{index}"] for index in range(entity[f"{prefix}Parts"]))
+
+
+def _entity_size(entity: dict[str, Any]) -> int:
+    return sum(
+        2 * len(name) + (2 * utf16_units(value) if isinstance(value, str) else 8)
+        for name, value in entity.items()
+    )
+
+
+@dataclass(frozen=True)
+class _Write:
+    entity: dict[str, Any]
+    archive_row: dict[str, Any] | None
+    result: StoredReferral
+
+
+class ReferralStore:
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def read(self, referral_id: str) -> StoredReferral | None:
+        with _storage_faults("read"):
+            try:
+                entity = self._table.get_entity(referral_id, REFERRAL_ROW)
+            except ResourceNotFoundError:
+                return None
+        older = json.loads(_get_text(entity, "Older")) if entity.get("OlderParts") else []
+        return StoredReferral(
+            referral_id=referral_id,
+            body=_get_text(entity, "Body"),
+            etag=entity["Version"],
+            organizations=frozenset(filter(None, entity["Organizations"].split(","))),
+            storage_etag=entity.metadata["etag"],
+            older_activities=tuple(to_json(item) for item in older),
+            archived_rows=entity.get("ArchivedRows", 0),
+        )
+
+    def create(
+        self, referral_id: str, document: dict[str, Any], activity: dict[str, Any]
+    ) -> StoredReferral:
+        write = self._prepare(referral_id, document, [activity], older=(), archived_rows=0)
+        with _storage_faults("create"):
+            try:
+                self._table.create_entity(write.entity)
+            except ResourceExistsError:
+                raise AlreadyExists(referral_id) from None
+        return write.result
+
+    def replace(
+        self,
+        current: StoredReferral,
+        document: dict[str, Any],
+        shown_activities: list[dict[str, Any]],
+    ) -> StoredReferral:
+        """Write a new version of `current`, unless it changed since it was read (`WriteConflict`)."""
+        write = self._prepare(
+            current.referral_id,
+            document,
+            shown_activities,
+            older=current.older_activities,
+            archived_rows=current.archived_rows,
+        )
+        condition = {
+            "mode": UpdateMode.REPLACE,
+            "etag": current.storage_etag,
+            "match_condition": MatchConditions.IfNotModified,
+        }
+        with _storage_faults("replace"):
+            try:
+                if write.archive_row is None:
+                    self._table.update_entity(write.entity, **condition)
+                else:
+                    self._table.submit_transaction(
+                        [("create", write.archive_row), ("update", write.entity, condition)]
+                    )
+            except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
+                raise WriteConflict(current.referral_id) from None
+            except TableTransactionError as error:
+                if error.status_code in (404, 409, 412):
+                    raise WriteConflict(current.referral_id) from None
+                raise
+        return write.result
+
+    def history(self, referral_id: str) -> list[dict[str, Any]]:
+        """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""
+        with _storage_faults("history"):
+            rows = list(
+                self._table.query_entities(
+                    "PartitionKey eq @pk and RowKey ge @low and RowKey lt @high",
+                    parameters={"pk": referral_id, "low": HISTORY_ROW_PREFIX, "high": "history."},
+                )
+            )
+        activities: list[dict[str, Any]] = []
+        for row in sorted(rows, key=lambda entity: entity["RowKey"]):
+            activities.extend(json.loads(_get_text(row, "Activities")))
+        current = self.read(referral_id)
+        if current is not None:
+            activities.extend(json.loads(item) for item in current.older_activities)
+            activities.extend(current.document()[1])
+        return activities
+
+    def _prepare(
+        self,
+        referral_id: str,
+        document: dict[str, Any],
+        shown: list[dict[str, Any]],
+        older: tuple[str, ...],
+        archived_rows: int,
+    ) -> _Write:
+        keep = Limits.ACTIVITIES_RETURNED
+        older_list = list(older) + [to_json(item) for item in shown[:-keep]]
+        shown = shown[-keep:]
+        archive_row = None
+        if len(older_list) >= ACTIVITIES_PER_HISTORY_ROW:
+            archive_row = {
+                "PartitionKey": referral_id,
+                "RowKey": f"{HISTORY_ROW_PREFIX}{archived_rows:010d}",
+            }
+            _put_text(archive_row, "Activities", "[" + ",".join(older_list) + "]")
+            older_list, archived_rows = [], archived_rows + 1
+
+        body = to_json({**document, "activities": shown})
+        etag = new_etag()
+        organizations = frozenset(p["organizationId"] for p in document.get("participants", []))
+        entity: dict[str, Any] = {
+            "PartitionKey": referral_id,
+            "RowKey": REFERRAL_ROW,
+            "Version": etag,
+            "Organizations": ",".join(sorted(organizations)),
+            "Status": document["status"],
+            "ReferralSource": document["referralSource"],
+            "UpdatedDate": document["updatedDate"],
+            "ArchivedRows": archived_rows,
+        }
+        _put_text(entity, "Body", body)
+        if older_list:
+            _put_text(entity, "Older", "[" + ",".join(older_list) + "]")
+        if _entity_size(entity) > _ENTITY_BUDGET_BYTES:
+            # Unreachable within the documented limits; a guard so a limit change cannot corrupt data.
+            raise ApiError("The referral is too large to store.")
+        result = StoredReferral(
+            referral_id=referral_id,
+            body=body,
+            etag=etag,
+            organizations=organizations,
+            storage_etag="",  # unknown until the next read; a result is never written back as is
+            older_activities=tuple(older_list),
+            archived_rows=archived_rows,
+        )
+        return _Write(entity, archive_row, result)
+
+
+@contextmanager
+def _storage_faults(operation: str) -> Iterator[None]:
+    """Turn storage being unreachable, slow or throttling into 503 serviceNotAvailable."""
+    try:
+        yield
+    except AzureError as error:
+        unavailable = isinstance(error, (ServiceRequestError, ServiceResponseError)) or (
+            isinstance(error, HttpResponseError)
+            and (
+                error.status_code is None
+                or error.status_code in (408, 429)
+                or error.status_code >= 500
+            )
+        )
+        if not unavailable:
+            raise
+        log.warning(
+            to_json({"event": "storageUnavailable", "operation": operation, "error": type(error).__name__})
+        )
+        raise ServiceNotAvailable("Referral storage is not available right now; retry shortly.") from None
+
+
+_lock = threading.Lock()
+_store: ReferralStore | None = None
+
+
+def get_store() -> ReferralStore:
+    """The process-wide store: one client and connection pool per process, created on first use."""
+    global _store
+    if _store is None:
+        with _lock:
+            if _store is None:
+                _store = ReferralStore(_open_table(settings.storage()))
+    return _store
+
+
+def reset_store() -> None:
+    """Forget the process-wide client (tests point the process at another Azurite)."""
+    global _store
+    with _lock:
+        _store = None
+
+
+def _open_table(config: StorageSettings) -> TableClient:
+    if config.connection_string:
+        try:
+            service = TableServiceClient.from_connection_string(
+                config.connection_string, **CLIENT_OPTIONS
+            )
+        except ValueError:
+            raise ConfigurationError("REFERRALS_STORAGE", "is not a valid connection string") from None
+    else:
+        assert config.table_service_uri is not None
+        service = TableServiceClient(
+            endpoint=config.table_service_uri,
+            credential=_identity_credential(config.managed_identity_client_id),
+            **CLIENT_OPTIONS,
+        )
+    with _storage_faults("create table"):
+        try:
+            service.create_table(config.table_name)
+        except ResourceExistsError:
+            pass
+    return service.get_table_client(config.table_name)
+
+
+def _identity_credential(client_id: str | None) -> Any:
+    # Imported here: azure.identity is large, and a connection-string deployment never needs it.
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if client_id:
+        return ManagedIdentityCredential(client_id=client_id)
+    return DefaultAzureCredential()
+
