@@ -1,14 +1,18 @@
-"""GET /api/v1/referrals/{referralId}: one referral, as its participants (or an admin) may see it."""
+"""GET /api/v1/referrals/{referralId}: one referral; GET /api/v1/referrals: the caller's referrals, paged.
+
+Both reads share this folder (an optional route parameter) so the app keeps its two functions.
+"""
 
 import azure.functions as func
 
 from shared import service
 from shared.http import Call, handle
+from shared.listing import parse_list_query
 from shared.store import get_store
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    return handle(req, _get_referral)
+    return handle(req, _get_referral if req.route_params.get("referralId") else _list_referrals)
 
 
 def _get_referral(call: Call) -> func.HttpResponse:
@@ -17,3 +21,10 @@ def _get_referral(call: Call) -> func.HttpResponse:
     if call.none_match(referral.etag):
         return call.not_modified(referral.etag)
     return call.referral_response(referral)
+
+
+def _list_referrals(call: Call) -> func.HttpResponse:
+    caller = call.authenticate()
+    query = parse_list_query(call.request.params, caller)
+    page = service.list_referrals(get_store(), caller, query)
+    return call.page_response(page, query)

@@ -61,8 +61,10 @@ class Azurite:
         port = port or free_port()
         command = [
             str(_binary("azurite-table")),
-            "--tableHost", "127.0.0.1",
-            "--tablePort", str(port),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(port),
             "--skipApiVersionCheck",
             "--disableProductStyleUrl",
             "--silent",
@@ -107,12 +109,18 @@ def main() -> None:
     Path(options.location).mkdir(parents=True, exist_ok=True)
     command = [
         str(_binary("azurite")),
-        "--location", options.location,
-        "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+        "--location",
+        options.location,
+        "--blobHost",
+        "127.0.0.1",
+        "--queueHost",
+        "127.0.0.1",
+        "--tableHost",
+        "127.0.0.1",
         "--skipApiVersionCheck",
         "--silent",
     ]
-    os.execv(command[0], command)
+    os.execv(command[0], command)  # noqa: S606 (fixed argv, no shell)
 
 
 if __name__ == "__main__":

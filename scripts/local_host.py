@@ -11,6 +11,7 @@ Function keys (authLevel `function`) are not checked, as `func start` does not c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -112,8 +113,7 @@ def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
 
         def _dispatch(self) -> None:
             url = urlsplit(self.path)
-            matched = [(route, route.pattern.match(url.path)) for route in routes]
-            matched = [(route, match) for route, match in matched if match]
+            matched = [(route, match) for route in routes if (match := route.pattern.match(url.path))]
             if not matched:
                 return self._plain(404, "itemNotFound", "No function serves this path.")
             allowed = [(route, match) for route, match in matched if self.command in route.methods]
@@ -126,7 +126,7 @@ def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
             request = func.HttpRequest(
                 method=self.command,
                 url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
-                headers={name: value for name, value in self.headers.items()},
+                headers=dict(self.headers.items()),
                 params=dict(parse_qsl(url.query, keep_blank_values=True)),
                 route_params={name: value for name, value in match.groupdict().items() if value is not None},
                 body=body,
@@ -196,10 +196,8 @@ def main() -> None:
     server = serve(options.host, options.port)
     routes = ", ".join(f"{sorted(r.methods)} {r.pattern.pattern}" for r in discover_routes())
     print(f"Serving on http://{options.host}:{options.port} ({routes})", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

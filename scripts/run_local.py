@@ -56,8 +56,7 @@ def start_azurite() -> subprocess.Popen[bytes] | None:
     return process
 
 
-def print_instructions(key: SigningKey) -> None:
-    token = key.token(DEV_PARTNER_TENANTS[0], roles=["Referrals.ReadWrite"])
+def print_instructions() -> None:
     base = f"http://127.0.0.1:{API_PORT}/api/v1/referrals"
     print(
         f"""
@@ -86,11 +85,11 @@ def _stop_on_sigterm(_signum: int, _frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     ensure_local_settings()
-    key = SigningKey.load_or_create()
+    SigningKey.load_or_create()  # the JWKS local.settings.json points at
     azurite = start_azurite()
     if port_in_use(API_PORT):
         sys.exit(f"Port {API_PORT} is taken; stop whatever serves it and run `make run` again.")
-    print_instructions(key)
+    print_instructions()
     func = shutil.which("func")
     if func:
         command = [func, "start", "--port", str(API_PORT)]

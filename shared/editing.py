@@ -7,7 +7,7 @@ writes storage around it and retries it when a concurrent writer got there first
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,7 +30,7 @@ SERVER_MANAGED = ("id", "createdDate", "updatedDate")
 
 def utc_now() -> str:
     """UTC ISO-8601 with microseconds and Z: fixed width, so it also sorts as text."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tuple[JsonObject, JsonObject]:
@@ -78,7 +78,9 @@ def update(
 
     before = validate(current)
     mine = next((p for p in current["participants"] if p["organizationId"] == caller.organization_id), None)
-    requested = {key: value for key, value in patch.items() if key not in (*SERVER_MANAGED, "activities", "participants")}
+    requested = {
+        key: value for key, value in patch.items() if key not in (*SERVER_MANAGED, "activities", "participants")
+    }
     merged = merge_patch(current, requested)
     if "participants" in patch:
         merged["participants"] = merge_participants(

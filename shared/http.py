@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import azure.functions as func
 
@@ -26,8 +27,10 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from shared.listing import ListQuery, page_token
 from shared.model import REFERRAL_ID_PATTERN, Limits
 from shared.policy import Caller
+from shared.service import Page
 from shared.store import StoredReferral
 
 log = logging.getLogger("referrals.http")
@@ -54,7 +57,7 @@ class Call:
         return self.caller
 
     def path_referral_id(self) -> str:
-        referral_id = self.request.route_params.get("referralId", "")
+        referral_id = str(self.request.route_params.get("referralId", ""))
         if not REFERRAL_ID_PATTERN.match(referral_id):
             raise InvalidRequest(
                 "A referral id is 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit.",
@@ -91,6 +94,28 @@ class Call:
         if status == 201:
             headers["Location"] = self._location(stored.referral_id)
         return self.respond(status, stored.body.encode("utf-8"), headers)
+
+    def page_response(self, page: Page, query: ListQuery) -> func.HttpResponse:
+        # The stored bodies are already the JSON GET returns: splice them in rather than re-encode.
+        parts = ['{"value":[', ",".join(referral.body for referral in page.referrals), "]"]
+        if page.last_key is not None and self.caller is not None:
+            parts.append(
+                ',"nextLink":' + json.dumps(self._next_link(query, page_token(query, self.caller, page.last_key)))
+            )
+        parts.append("}")
+        return self.respond(200, "".join(parts).encode("utf-8"))
+
+    def _next_link(self, query: ListQuery, token: str) -> str:
+        # The function key (`code`) is not copied into the link: send it as the x-functions-key header.
+        parameters = {
+            "status": query.status,
+            "referralSource": query.referral_source,
+            "updatedSince": query.updated_since,
+            "top": str(query.top),
+            "skipToken": token,
+        }
+        base = self.request.url.split("?", 1)[0]
+        return f"{base}?{urlencode({name: value for name, value in parameters.items() if value is not None})}"
 
     def not_modified(self, etag: str) -> func.HttpResponse:
         return self.respond(304, b"", {"ETag": etag}, content_type=None)
@@ -177,7 +202,9 @@ def handle(request: func.HttpRequest, use_case: Callable[[Call], func.HttpRespon
         response = use_case(call)
     except ApiError as error:
         if isinstance(error, ConfigurationError):
-            log.error(json.dumps({"event": "configurationError", "setting": error.setting, "requestId": call.request_id}))
+            log.error(
+                json.dumps({"event": "configurationError", "setting": error.setting, "requestId": call.request_id})
+            )
         response = call.error_response(error)
     except Exception:
         log.exception(json.dumps({"event": "unhandledError", "requestId": call.request_id}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import date
-from enum import Enum
+from enum import Enum, StrEnum
 from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 
@@ -43,21 +43,21 @@ class Limits:
     ACTIVITIES_RETURNED = 100
 
 
-class ReferralStatus(str, Enum):
+class ReferralStatus(StrEnum):
     PENDING = "Pending"
     ACTIVE = "Active"
     WON = "Won"
     LOST = "Lost"
 
 
-class ReferralSource(str, Enum):
+class ReferralSource(StrEnum):
     WEB_DIRECT = "WebDirect"
     PARTNER_LED = "PartnerLed"
     AGENT_LED = "AgentLed"
     P2P = "P2P"
 
 
-class ParticipantStatus(str, Enum):
+class ParticipantStatus(StrEnum):
     # The seed lists Missed at position 3 as well as Expired; positions here are the fixed ones.
     INVITED = "Invited"
     ACCEPTED = "Accepted"
@@ -66,7 +66,7 @@ class ParticipantStatus(str, Enum):
     MISSED = "Missed"
 
 
-class ActivityAction(str, Enum):
+class ActivityAction(StrEnum):
     CREATED = "Created"
     UPDATED = "Updated"
 
@@ -293,4 +293,3 @@ class Referral(ApiModel):
 # Properties a caller may send but not change: accepted only when equal to the stored value.
 READ_ONLY_PROPERTIES = ("id", "createdDate", "updatedDate", "activities")
 REFERRAL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-

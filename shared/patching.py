@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from functools import lru_cache
+from functools import cache
 from typing import Any, Union
 
 from pydantic import BaseModel
@@ -21,13 +21,10 @@ from shared.model import Activity, Referral
 JsonObject = dict[str, Any]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _properties_of(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel] | None]]:
     """lower-case name -> (wire name, nested model when the property holds objects of one)."""
-    return {
-        name.lower(): (name, _nested_model(field.annotation))
-        for name, field in model.model_fields.items()
-    }
+    return {name.lower(): (name, _nested_model(field.annotation)) for name, field in model.model_fields.items()}
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
@@ -108,9 +105,7 @@ def changed_paths(before: JsonObject, after: JsonObject) -> list[str]:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             changed.extend(
-                f"{key}.{inner}"
-                for inner in sorted(set(old) | set(new))
-                if old.get(inner) != new.get(inner)
+                f"{key}.{inner}" for inner in sorted(set(old) | set(new)) if old.get(inner) != new.get(inner)
             )
         else:
             changed.append(key)

@@ -43,9 +43,7 @@ def can_see(caller: Caller, organizations: Collection[str]) -> bool:
 
 def check_create(caller: Caller, referral: Referral) -> None:
     if not caller.is_admin and referral.referralSource not in PARTNER_CREATABLE_SOURCES:
-        raise AccessDenied(
-            "Partners may create PartnerLed or P2P referrals only.", target="referralSource"
-        )
+        raise AccessDenied("Partners may create PartnerLed or P2P referrals only.", target="referralSource")
     for participant in referral.participants:
         if participant.organizationId == caller.organization_id:
             continue
@@ -70,9 +68,7 @@ def check_update(caller: Caller, before: Referral, after: Referral) -> None:
 
     if mine.status == ParticipantStatus.INVITED:
         if changed:
-            raise AccessDenied(
-                "An invited organization may only accept or reject its invitation.", target=changed[0]
-            )
+            raise AccessDenied("An invited organization may only accept or reject its invitation.", target=changed[0])
         for entry in after.participants:
             old = old_entries.get(entry.organizationId)
             if old == entry:
@@ -88,15 +84,11 @@ def check_update(caller: Caller, before: Referral, after: Referral) -> None:
                     target="participants",
                 )
             if entry.status not in INVITATION_ANSWERS:
-                raise AccessDenied(
-                    "An invitation is answered with Accepted or Rejected.", target="participants"
-                )
+                raise AccessDenied("An invitation is answered with Accepted or Rejected.", target="participants")
         return
 
     if mine.status != ParticipantStatus.ACCEPTED:
-        raise AccessDenied(
-            f"A participant whose status is {mine.status.value} may read the referral, not change it."
-        )
+        raise AccessDenied(f"A participant whose status is {mine.status.value} may read the referral, not change it.")
     for name in changed:
         if name not in ACCEPTED_MAY_CHANGE:
             raise AccessDenied(f"Partners cannot change '{name}'.", target=name)

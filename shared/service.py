@@ -1,33 +1,65 @@
-"""Use cases: read a referral, create or update one. Storage, concurrency and access checks meet here.
+"""Use cases: read, list, create or update referrals. Storage, concurrency and access checks meet here.
 
 Updates are optimistic: read, apply the request to what was read, write only if nothing changed in
 between (a conditional write on the storage ETag), and on a lost race read again and re-apply, so
 every check runs against the version actually written. Two requests never overwrite each other.
+
+Listing reads a per-organization index (see `shared.store`), which lives in other partitions than
+the referral, so one write cannot cover both. The order of writes makes a crash between them
+harmless:
+
+1. Before the referral is written, each participant's index (and the admins' index) gets a row for
+   the new version, carrying that version's ETag.
+2. The referral is written, conditionally. Only now is the change visible, and only now does the
+   request report success.
+3. The rows of the previous version are deleted, best effort.
+
+So the row of the referral's current version always exists: a successful write is never hidden.
+A listing reads index rows, then the referrals they name, and shows a referral only when the row's
+version is the referral's current version and the caller is a participant of that version: a row
+written in step 1 for a write that then failed, or left over from step 3, is never shown, so neither
+a stale status nor a referral someone may no longer see ever appears. Such rows are repaired on read:
+a row older than the referral's version is deleted at once; a row newer than it (a write in flight,
+or one that failed) is deleted once it is older than any request can run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from shared import editing
-from shared.errors import AccessDenied, ItemNotFound, PreconditionFailed, ServiceNotAvailable
+from shared.errors import AccessDenied, InvalidRequest, ItemNotFound, PreconditionFailed, ServiceNotAvailable
+from shared.listing import ALL_ORGANIZATIONS, ListQuery, index_owner
 from shared.patching import JsonObject
 from shared.policy import Caller, can_see
-from shared.store import AlreadyExists, ReferralStore, StoredReferral, WriteConflict
+from shared.store import AlreadyExists, IndexEntry, ReferralStore, StoredReferral, WriteConflict, new_etag
 
 log = logging.getLogger("referrals.service")
 
 # Enough for dozens of writers racing on one referral; each lost round costs one read and one write.
 MAX_WRITE_ATTEMPTS = 12
+# An index row newer than its referral is a write in flight, or one that failed. Requests end within
+# the host's functionTimeout (30 s), so a row older than this can only be a failed write's.
+IN_FLIGHT_GRACE = timedelta(minutes=5)
+# A listing examines at most this many index rows per requested item before it returns a short page.
+MAX_ROWS_EXAMINED_PER_ITEM = 10
 
 
 @dataclass(frozen=True)
 class WriteResult:
     referral: StoredReferral
     created: bool
+
+
+@dataclass(frozen=True)
+class Page:
+    referrals: list[StoredReferral]
+    last_key: str | None  # where the next page starts; None on the last page
 
 
 def get_referral(store: ReferralStore, caller: Caller, referral_id: str) -> StoredReferral:
@@ -48,20 +80,24 @@ def create_or_update(
     if not caller.can_write:
         raise AccessDenied("This token does not grant Referrals.ReadWrite.")
     if "id" in patch and patch["id"] != referral_id:
-        raise editing.InvalidRequest("The body's 'id' differs from the id in the path.", target="id")
+        raise InvalidRequest("The body's 'id' differs from the id in the path.", target="id")
 
     for attempt in range(MAX_WRITE_ATTEMPTS):
         if attempt:
             _back_off(attempt)
         now = editing.utc_now()
+        version = new_etag()
         current = store.read(referral_id)
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"Referral '{referral_id}' does not exist.", target="If-Match")
             document, created_activity = editing.create(caller, referral_id, patch, now)
+            rows = _index_entries(referral_id, version, document)
+            store.put_index_entries(rows)
             try:
-                return WriteResult(store.create(referral_id, document, created_activity), created=True)
+                return WriteResult(store.create(referral_id, version, document, created_activity), created=True)
             except AlreadyExists:
+                store.delete_index_entries(rows)
                 continue  # created concurrently: apply the request as an update of that one
 
         if not can_see(caller, current.organizations):
@@ -76,18 +112,84 @@ def create_or_update(
         if change is None:
             return WriteResult(current, created=False)
         updated, new_activity = change
+        rows = _index_entries(referral_id, version, updated)
+        store.put_index_entries(rows)
         try:
-            return WriteResult(store.replace(current, updated, [*shown, new_activity]), created=False)
+            written = store.replace(current, version, updated, [*shown, new_activity])
         except WriteConflict:
+            store.delete_index_entries(rows)
             continue
+        kept = {(row.partition_key, row.row_key) for row in rows}
+        previous = _index_entries(referral_id, current.etag, document)
+        store.delete_index_entries([row for row in previous if (row.partition_key, row.row_key) not in kept])
+        return WriteResult(written, created=False)
 
-    log.warning('{"event":"writeContention","referralId":"%s"}', referral_id)
-    raise ServiceNotAvailable("The referral is being changed by many requests at once; retry shortly.", retry_after_seconds=1)
+    log.warning(json.dumps({"event": "writeContention", "referralId": referral_id}))
+    raise ServiceNotAvailable(
+        "The referral is being changed by many requests at once; retry shortly.", retry_after_seconds=1
+    )
+
+
+def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Page:
+    """The caller's referrals, newest `updatedDate` first, each verified against the referral itself."""
+    owner = index_owner(caller)
+    found: list[StoredReferral] = []
+    last_key = query.after_key
+    examined = 0
+    pages = store.scan_index(
+        owner,
+        after_key=query.after_key,
+        updated_since=query.updated_since,
+        status=query.status,
+        referral_source=query.referral_source,
+        page_size=query.top + 1,
+    )
+    for rows in pages:
+        referrals = store.read_many([row.referral_id for row in rows])
+        stale: list[IndexEntry] = []
+        try:
+            for row in rows:
+                if len(found) == query.top or examined >= query.top * MAX_ROWS_EXAMINED_PER_ITEM:
+                    return Page(found, last_key)  # rows remain: the next page starts after the last seen
+                examined += 1
+                last_key = row.row_key
+                current = referrals[row.referral_id]
+                if current is not None and current.etag == row.version:
+                    if owner == ALL_ORGANIZATIONS or can_see(caller, current.organizations):
+                        found.append(current)
+                elif _is_leftover(row, current):
+                    stale.append(row)
+        finally:
+            store.delete_index_entries(stale)
+    return Page(found, None)
+
+
+def _is_leftover(row: IndexEntry, current: StoredReferral | None) -> bool:
+    """Whether an index row that does not match its referral can be deleted without losing anything."""
+    if current is not None and row.updated_date < current.updated_date:
+        return True  # an earlier version's row: the current version has its own
+    written = datetime.fromisoformat(row.updated_date.replace("Z", "+00:00"))
+    return datetime.now(UTC) - written > IN_FLIGHT_GRACE
+
+
+def _index_entries(referral_id: str, version: str, document: JsonObject) -> list[IndexEntry]:
+    organizations = [participant["organizationId"] for participant in document["participants"]]
+    return [
+        IndexEntry(
+            organization,
+            referral_id,
+            version,
+            document["updatedDate"],
+            document["status"],
+            document["referralSource"],
+        )
+        for organization in [*organizations, ALL_ORGANIZATIONS]
+    ]
 
 
 def _back_off(attempt: int) -> None:
     # Full jitter: racing writers spread out instead of colliding again in lockstep.
-    time.sleep(random.uniform(0, min(0.25, 0.01 * 2**attempt)))
+    time.sleep(random.uniform(0, min(0.25, 0.01 * 2**attempt)))  # noqa: S311 (not security)
 
 
 def _not_found(referral_id: str) -> ItemNotFound:

@@ -58,19 +58,13 @@ def load_storage_settings(env: Mapping[str, str]) -> StorageSettings:
         )
     if service_uri:
         parsed = urlparse(service_uri)
-        secure = parsed.scheme == "https" or (
-            parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS
-        )
+        secure = parsed.scheme == "https" or (parsed.scheme == "http" and parsed.hostname in _LOOPBACK_HOSTS)
         if not secure or not parsed.hostname:
-            raise ConfigurationError(
-                "REFERRALS_STORAGE__tableServiceUri", "must be an https:// table service endpoint"
-            )
+            raise ConfigurationError("REFERRALS_STORAGE__tableServiceUri", "must be an https:// table service endpoint")
     if client_id and parse_guid(client_id) is None:
         raise ConfigurationError("REFERRALS_STORAGE__clientId", "must be a GUID")
     if not _TABLE_NAME.match(table_name):
-        raise ConfigurationError(
-            "REFERRALS_TABLE", "must be 3-63 letters and digits, starting with a letter"
-        )
+        raise ConfigurationError("REFERRALS_TABLE", "must be 3-63 letters and digits, starting with a letter")
     return StorageSettings(connection_string, service_uri, client_id, table_name)
 
 

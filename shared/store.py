@@ -26,11 +26,14 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
@@ -41,7 +44,10 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from shared.errors import ApiError, ConfigurationError, ServiceNotAvailable
 from shared.model import Limits
@@ -62,9 +68,8 @@ _ENTITY_BUDGET_BYTES = 1_000_000
 # Client tuning: a request must end well inside the Functions HTTP limit and, per the contract, within
 # a few seconds when storage is unreachable, paused or throttling. One retry for a dropped connection
 # or read; no retry on throttling status (the caller gets 503 with Retry-After and backs off itself).
-CLIENT_OPTIONS: dict[str, Any] = {
-    "connection_timeout": 2,
-    "read_timeout": 2.5,
+TIMEOUTS: dict[str, Any] = {"connection_timeout": 2, "read_timeout": 2.5}
+RETRIES: dict[str, Any] = {
     "retry_total": 1,
     "retry_connect": 1,
     "retry_read": 1,
@@ -88,6 +93,7 @@ class StoredReferral:
     body: str  # the JSON GET returns: the referral and its newest activities
     etag: str  # public, quoted, strong
     organizations: frozenset[str]
+    updated_date: str
     storage_etag: str
     older_activities: tuple[str, ...]  # JSON of activities not shown and not yet archived
     archived_rows: int
@@ -129,9 +135,77 @@ def _get_text(entity: Any, prefix: str) -> str:
 
 def _entity_size(entity: dict[str, Any]) -> int:
     return sum(
-        2 * len(name) + (2 * utf16_units(value) if isinstance(value, str) else 8)
-        for name, value in entity.items()
+        2 * len(name) + (2 * utf16_units(value) if isinstance(value, str) else 8) for name, value in entity.items()
     )
+
+
+INDEX_PARTITION_PREFIX = "index:"
+_KEY_BASE = 10**17
+
+
+def index_partition(organization: str) -> str:
+    return f"{INDEX_PARTITION_PREFIX}{organization}"
+
+
+def index_row_key(updated_date: str, referral_id: str) -> str:
+    """Newest first in RowKey order: 10^17 minus the microseconds of updatedDate, then the id."""
+    return f"{_KEY_BASE - _micros(updated_date):017d}:{referral_id}"
+
+
+def newest_key_bound(updated_since: str) -> str:
+    """Index RowKeys below this bound belong to versions updated at or after `updated_since`."""
+    return f"{_KEY_BASE - _micros(updated_since) + 1:017d}"
+
+
+def _micros(timestamp: str) -> int:
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of an organization's index: a referral version as listings find it."""
+
+    organization: str
+    referral_id: str
+    version: str
+    updated_date: str
+    status: str
+    referral_source: str
+
+    @property
+    def partition_key(self) -> str:
+        return index_partition(self.organization)
+
+    @property
+    def row_key(self) -> str:
+        return index_row_key(self.updated_date, self.referral_id)
+
+    def entity(self) -> dict[str, Any]:
+        return {
+            "PartitionKey": self.partition_key,
+            "RowKey": self.row_key,
+            "ReferralId": self.referral_id,
+            "Version": self.version,
+            "UpdatedDate": self.updated_date,
+            "Status": self.status,
+            "ReferralSource": self.referral_source,
+        }
+
+    @classmethod
+    def from_entity(cls, organization: str, entity: Any) -> IndexEntry:
+        return cls(
+            organization,
+            entity["ReferralId"],
+            entity["Version"],
+            entity["UpdatedDate"],
+            entity["Status"],
+            entity["ReferralSource"],
+        )
 
 
 @dataclass(frozen=True)
@@ -157,15 +231,16 @@ class ReferralStore:
             body=_get_text(entity, "Body"),
             etag=entity["Version"],
             organizations=frozenset(filter(None, entity["Organizations"].split(","))),
-            storage_etag=entity.metadata["etag"],
+            updated_date=entity["UpdatedDate"],
+            storage_etag=str(entity.metadata["etag"]),
             older_activities=tuple(to_json(item) for item in older),
             archived_rows=entity.get("ArchivedRows", 0),
         )
 
     def create(
-        self, referral_id: str, document: dict[str, Any], activity: dict[str, Any]
+        self, referral_id: str, version: str, document: dict[str, Any], activity: dict[str, Any]
     ) -> StoredReferral:
-        write = self._prepare(referral_id, document, [activity], older=(), archived_rows=0)
+        write = self._prepare(referral_id, version, document, [activity], older=(), archived_rows=0)
         with _storage_faults("create"):
             try:
                 self._table.create_entity(write.entity)
@@ -176,18 +251,20 @@ class ReferralStore:
     def replace(
         self,
         current: StoredReferral,
+        version: str,
         document: dict[str, Any],
         shown_activities: list[dict[str, Any]],
     ) -> StoredReferral:
-        """Write a new version of `current`, unless it changed since it was read (`WriteConflict`)."""
+        """Write `version` of `current`, unless it changed since it was read (`WriteConflict`)."""
         write = self._prepare(
             current.referral_id,
+            version,
             document,
             shown_activities,
             older=current.older_activities,
             archived_rows=current.archived_rows,
         )
-        condition = {
+        condition: dict[str, Any] = {
             "mode": UpdateMode.REPLACE,
             "etag": current.storage_etag,
             "match_condition": MatchConditions.IfNotModified,
@@ -195,11 +272,14 @@ class ReferralStore:
         with _storage_faults("replace"):
             try:
                 if write.archive_row is None:
-                    self._table.update_entity(write.entity, **condition)
-                else:
-                    self._table.submit_transaction(
-                        [("create", write.archive_row), ("update", write.entity, condition)]
+                    self._table.update_entity(
+                        write.entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=current.storage_etag,
+                        match_condition=MatchConditions.IfNotModified,
                     )
+                else:
+                    self._table.submit_transaction([("create", write.archive_row), ("update", write.entity, condition)])
             except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
                 raise WriteConflict(current.referral_id) from None
             except TableTransactionError as error:
@@ -207,6 +287,59 @@ class ReferralStore:
                     raise WriteConflict(current.referral_id) from None
                 raise
         return write.result
+
+    def read_many(self, referral_ids: list[str]) -> dict[str, StoredReferral | None]:
+        """Point reads in parallel (a listing page verifies each index row against its referral)."""
+        unique = list(dict.fromkeys(referral_ids))
+        return dict(zip(unique, _in_parallel(self.read, unique), strict=True))
+
+    def put_index_entries(self, entries: list[IndexEntry]) -> None:
+        def put(entry: IndexEntry) -> None:
+            with _storage_faults("index write"):
+                self._table.upsert_entity(entry.entity(), mode=UpdateMode.REPLACE)
+
+        _in_parallel(put, entries)
+
+    def delete_index_entries(self, entries: list[IndexEntry]) -> None:
+        """Best effort: a row left behind is recognised as stale and repaired by a later listing."""
+
+        def delete(entry: IndexEntry) -> None:
+            try:
+                self._table.delete_entity(entry.partition_key, entry.row_key)
+            except AzureError as error:
+                log.warning(to_json({"event": "indexCleanupDeferred", "error": type(error).__name__}))
+
+        _in_parallel(delete, entries)
+
+    def scan_index(
+        self,
+        organization: str,
+        *,
+        after_key: str | None,
+        updated_since: str | None,
+        status: str | None,
+        referral_source: str | None,
+        page_size: int,
+    ) -> Iterator[list[IndexEntry]]:
+        """Index rows of one organization, newest first, a page at a time: one range query."""
+        conditions = ["PartitionKey eq @pk", "RowKey gt @after", "RowKey lt @before"]
+        parameters: dict[str, Any] = {
+            "pk": index_partition(organization),
+            "after": after_key or "",
+            "before": newest_key_bound(updated_since) if updated_since else "~",
+        }
+        if status:
+            conditions.append("Status eq @status")
+            parameters["status"] = status
+        if referral_source:
+            conditions.append("ReferralSource eq @source")
+            parameters["source"] = referral_source
+        with _storage_faults("index scan"):
+            pages = self._table.query_entities(
+                " and ".join(conditions), parameters=parameters, results_per_page=page_size
+            ).by_page()
+            for page in pages:
+                yield [IndexEntry.from_entity(organization, row) for row in page]
 
     def history(self, referral_id: str) -> list[dict[str, Any]]:
         """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""
@@ -229,6 +362,7 @@ class ReferralStore:
     def _prepare(
         self,
         referral_id: str,
+        etag: str,
         document: dict[str, Any],
         shown: list[dict[str, Any]],
         older: tuple[str, ...],
@@ -247,7 +381,6 @@ class ReferralStore:
             older_list, archived_rows = [], archived_rows + 1
 
         body = to_json({**document, "activities": shown})
-        etag = new_etag()
         organizations = frozenset(p["organizationId"] for p in document.get("participants", []))
         entity: dict[str, Any] = {
             "PartitionKey": referral_id,
@@ -270,6 +403,7 @@ class ReferralStore:
             body=body,
             etag=etag,
             organizations=organizations,
+            updated_date=document["updatedDate"],
             storage_etag="",  # unknown until the next read; a result is never written back as is
             older_activities=tuple(older_list),
             archived_rows=archived_rows,
@@ -285,18 +419,24 @@ def _storage_faults(operation: str) -> Iterator[None]:
     except AzureError as error:
         unavailable = isinstance(error, (ServiceRequestError, ServiceResponseError)) or (
             isinstance(error, HttpResponseError)
-            and (
-                error.status_code is None
-                or error.status_code in (408, 429)
-                or error.status_code >= 500
-            )
+            and (error.status_code is None or error.status_code in (408, 429) or error.status_code >= 500)
         )
         if not unavailable:
             raise
-        log.warning(
-            to_json({"event": "storageUnavailable", "operation": operation, "error": type(error).__name__})
-        )
+        log.warning(to_json({"event": "storageUnavailable", "operation": operation, "error": type(error).__name__}))
         raise ServiceNotAvailable("Referral storage is not available right now; retry shortly.") from None
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+# Index writes and listing reads fan out over partitions; the pool is shared by the process.
+_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="referrals-storage")
+
+
+def _in_parallel(function: Callable[[T], R], items: list[T]) -> list[R]:
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    return list(_executor.map(function, items))
 
 
 _lock = threading.Lock()
@@ -320,26 +460,34 @@ def reset_store() -> None:
         _store = None
 
 
+def _client_options() -> dict[str, Any]:
+    # requests keeps 10 connections per host by default; concurrent requests plus the index fan-out
+    # need more, or connections are dropped and re-opened under load.
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_connections=4,
+        pool_maxsize=64,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),  # azure-core retries
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return {"transport": RequestsTransport(session=session, **TIMEOUTS), **TIMEOUTS, **RETRIES}
+
+
 def _open_table(config: StorageSettings) -> TableClient:
     if config.connection_string:
         try:
-            service = TableServiceClient.from_connection_string(
-                config.connection_string, **CLIENT_OPTIONS
-            )
+            service = TableServiceClient.from_connection_string(config.connection_string, **_client_options())
         except ValueError:
             raise ConfigurationError("REFERRALS_STORAGE", "is not a valid connection string") from None
     else:
-        assert config.table_service_uri is not None
         service = TableServiceClient(
-            endpoint=config.table_service_uri,
+            endpoint=str(config.table_service_uri),
             credential=_identity_credential(config.managed_identity_client_id),
-            **CLIENT_OPTIONS,
+            **_client_options(),
         )
-    with _storage_faults("create table"):
-        try:
-            service.create_table(config.table_name)
-        except ResourceExistsError:
-            pass
+    with _storage_faults("create table"), suppress(ResourceExistsError):
+        service.create_table(config.table_name)
     return service.get_table_client(config.table_name)
 
 
@@ -350,4 +498,3 @@ def _identity_credential(client_id: str | None) -> Any:
     if client_id:
         return ManagedIdentityCredential(client_id=client_id)
     return DefaultAzureCredential()
-

@@ -1,0 +1,208 @@
+"""GET /api/v1/referrals: the per-organization index, paging, and crashes between its writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import azure.functions as func
+import pytest
+
+import get_referral
+from shared import service
+from shared.store import ReferralStore, get_store
+from tests.conftest import PARTNER_A, PARTNER_B, Api, Reply, minimal_referral, new_id, reset_process_state
+
+
+@pytest.fixture
+def fresh_table(api_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table of its own, so the organizations' indexes hold only this test's referrals."""
+    monkeypatch.setenv("REFERRALS_TABLE", f"List{uuid.uuid4().hex[:12]}")
+    reset_process_state()
+
+
+def list_page(api: Api, token: str | None = None, **params: str) -> Reply:
+    request = func.HttpRequest(
+        method="GET",
+        url="http://localhost:7071/api/v1/referrals?" + "&".join(f"{k}={v}" for k, v in params.items()),
+        headers={"Authorization": f"Bearer {token or api.token()}"},
+        params=params,
+        route_params={},
+        body=b"",
+    )
+    response = get_referral.main(request)
+    return Reply(response.status_code, dict(response.headers), response.get_body())
+
+
+def follow(api: Api, link: str, token: str | None = None) -> Reply:
+    return list_page(api, token, **dict(parse_qsl(urlsplit(link).query)))
+
+
+def ids(reply: Reply) -> list[str]:
+    assert reply.status == 200, reply.body
+    return [item["id"] for item in reply.json["value"]]
+
+
+def create(api: Api, token: str | None = None, **extra: Any) -> str:
+    referral_id = new_id()
+    reply = api.post(referral_id, minimal_referral(**extra), token)
+    assert reply.status == 201, reply.body
+    return referral_id
+
+
+def test_lists_own_referrals_newest_update_first(api: Api, fresh_table: None) -> None:
+    first, second, third = create(api), create(api), create(api)
+    assert api.post(first, {"status": "Active"}).status == 200
+    reply = list_page(api)
+    assert ids(reply) == [first, third, second]
+    assert "nextLink" not in reply.json
+    assert reply.json["value"][0] == api.get(first).json
+
+
+def test_filters_by_status_source_and_updated_since(api: Api, fresh_table: None) -> None:
+    pending = create(api)
+    active = create(api, referralSource="P2P")
+    assert api.post(active, {"status": "Active"}).status == 200
+    assert ids(list_page(api, status="Active")) == [active]
+    assert ids(list_page(api, status="pending")) == [pending]
+    assert ids(list_page(api, referralSource="P2P")) == [active]
+    since = api.get(active).json["updatedDate"]
+    assert ids(list_page(api, updatedSince=since)) == [active]
+    assert ids(list_page(api, updatedSince="2999-01-01T00:00:00Z")) == []
+
+
+def test_pages_follow_next_link_until_the_last_page(api: Api, fresh_table: None) -> None:
+    created = [create(api) for _ in range(5)]
+    first = list_page(api, top="2")
+    assert len(ids(first)) == 2
+    link = first.json["nextLink"]
+    assert link.startswith("http://localhost:7071/api/v1/referrals?")
+    second = follow(api, link)
+    third = follow(api, second.json["nextLink"])
+    assert "nextLink" not in third.json
+    assert ids(first) + ids(second) + ids(third) == list(reversed(created))
+
+
+def test_partner_lists_only_referrals_it_participates_in_and_admin_lists_all(api: Api, fresh_table: None) -> None:
+    mine = create(api)
+    shared_with_b = create(api, participants=[{"organizationId": PARTNER_B}])
+    theirs = create(api, api.token(PARTNER_B))
+    assert ids(list_page(api)) == [shared_with_b, mine]
+    assert ids(list_page(api, api.token(PARTNER_B))) == [theirs, shared_with_b]
+    assert ids(list_page(api, api.admin_token())) == [theirs, shared_with_b, mine]
+
+
+def test_invalid_query_parameters_are_400(api: Api, fresh_table: None) -> None:
+    for params in (
+        {"top": "0"},
+        {"top": "101"},
+        {"top": "ten"},
+        {"status": "Open"},
+        {"updatedSince": "yesterday"},
+        {"updatedSince": "2026-01-01T00:00:00"},
+        {"orderBy": "id"},
+        {"$filter": "x"},
+    ):
+        reply = list_page(api, **params)
+        assert reply.status == 400, params
+        assert reply.error_code == "invalidRequest"
+    assert list_page(api, code="function-key").status == 200
+
+
+def test_page_token_is_bound_to_the_caller_and_rejects_tampering(api: Api, fresh_table: None) -> None:
+    for _ in range(3):
+        create(api)
+    create(api, api.token(PARTNER_B))
+    link = list_page(api, top="1").json["nextLink"]
+    params = dict(parse_qsl(urlsplit(link).query))
+    assert list_page(api, api.token(PARTNER_B), **params).status == 400
+    token = params["skipToken"]
+    content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    content["o"] = PARTNER_B
+    forged = base64.urlsafe_b64encode(json.dumps(content).encode()).decode()
+    assert list_page(api, **{**params, "skipToken": forged}).status == 400
+    assert list_page(api, **{**params, "skipToken": token[:-3] + "xyz"}).status == 400
+    assert list_page(api, **{**params, "status": "Won"}).status == 400
+
+
+def test_crash_after_index_write_before_referral_write_shows_nothing_new(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    referral_id = create(api)
+    third = "55555555-5555-4555-8555-555555555555"
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("process died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReferralStore, "replace", crash)
+        reply = api.post(referral_id, {"status": "Active", "participants": [{"organizationId": third}]})
+    assert reply.status == 500
+    # The stale-looking "Active" row must not surface; the referral still shows, as it is stored.
+    listed = list_page(api)
+    assert ids(listed) == [referral_id]
+    assert listed.json["value"][0]["status"] == "Pending"
+    assert ids(list_page(api, status="Active")) == []
+    # The organization the failed write would have invited sees nothing.
+    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", f"{PARTNER_A},{PARTNER_B},{third}")
+    reset_process_state()
+    assert ids(list_page(api, api.token(third))) == []
+
+
+def test_crash_after_referral_write_before_cleanup_never_hides_or_duplicates(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    referral_id = create(api)
+    calls: list[int] = []
+
+    def crash_on_cleanup(self: ReferralStore, entries: list[Any]) -> None:
+        calls.append(len(entries))
+        raise RuntimeError("process died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReferralStore, "delete_index_entries", crash_on_cleanup)
+        assert api.post(referral_id, {"status": "Active"}).status == 500
+    assert calls
+    assert api.get(referral_id).json["status"] == "Active"
+    listed = list_page(api)
+    assert ids(listed) == [referral_id]
+    assert listed.json["value"][0]["status"] == "Active"
+    assert ids(list_page(api, status="Pending")) == []
+    # The leftover row was repaired on read: the index now holds one row for the referral.
+    rows = [
+        row
+        for page in get_store().scan_index(
+            PARTNER_A, after_key=None, updated_since=None, status=None, referral_source=None, page_size=10
+        )
+        for row in page
+    ]
+    assert [row.referral_id for row in rows] == [referral_id]
+
+
+def test_rows_of_a_create_that_crashed_are_removed_once_older_than_any_request(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("process died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReferralStore, "create", crash)
+        assert api.post(new_id(), minimal_referral()).status == 500
+    assert ids(list_page(api)) == []
+    store = get_store()
+
+    def index_rows() -> int:
+        return sum(
+            len(page)
+            for page in store.scan_index(
+                PARTNER_A, after_key=None, updated_since=None, status=None, referral_source=None, page_size=10
+            )
+        )
+
+    assert index_rows() == 1  # a write may still be in flight: kept
+    monkeypatch.setattr(service, "IN_FLIGHT_GRACE", service.timedelta(0))
+    assert ids(list_page(api)) == []
+    assert index_rows() == 0
