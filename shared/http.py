@@ -48,7 +48,8 @@ class Call:
         self.request = request
         self.request_id = str(uuid.uuid4())
         client_id = request.headers.get("x-ms-client-request-id", "")
-        self.client_request_id = client_id if _CLIENT_REQUEST_ID.match(client_id) else None
+        # fullmatch: `$` also matches before a trailing newline, which must never reach a response header.
+        self.client_request_id = client_id if _CLIENT_REQUEST_ID.fullmatch(client_id) else None
         self.caller: Caller | None = None
         self.referral_id: str | None = None
 
@@ -58,7 +59,7 @@ class Call:
 
     def path_referral_id(self) -> str:
         referral_id = str(self.request.route_params.get("referralId", ""))
-        if not REFERRAL_ID_PATTERN.match(referral_id):
+        if not REFERRAL_ID_PATTERN.fullmatch(referral_id):  # not .match: `$` accepts a trailing "\n"
             raise InvalidRequest(
                 "A referral id is 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit.",
                 target="referralId",

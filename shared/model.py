@@ -208,7 +208,7 @@ Timestamp = Annotated[str, Field(max_length=40)]
 
 class ApiModel(BaseModel):
     # Strict: a wrong JSON type is an error, never silently converted ("5" is not a number here).
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

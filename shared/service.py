@@ -12,7 +12,8 @@ harmless:
    the new version, carrying that version's ETag.
 2. The referral is written, conditionally. Only now is the change visible, and only now does the
    request report success.
-3. The rows of the previous version are deleted, best effort.
+3. The rows of the previous version are deleted, best effort, after the response (off the caller's
+   critical path; a process that stops first leaves rows that the next listing repairs).
 
 So the row of the referral's current version always exists: a successful write is never hidden.
 A listing reads index rows, then the referrals they name, and shows a referral only when the row's
@@ -97,7 +98,7 @@ def create_or_update(
             try:
                 return WriteResult(store.create(referral_id, version, document, created_activity), created=True)
             except AlreadyExists:
-                store.delete_index_entries(rows)
+                store.delete_index_entries(rows, wait=False)
                 continue  # created concurrently: apply the request as an update of that one
 
         if not can_see(caller, current.organizations):
@@ -117,11 +118,13 @@ def create_or_update(
         try:
             written = store.replace(current, version, updated, [*shown, new_activity])
         except WriteConflict:
-            store.delete_index_entries(rows)
+            store.delete_index_entries(rows, wait=False)
             continue
         kept = {(row.partition_key, row.row_key) for row in rows}
         previous = _index_entries(referral_id, current.etag, document)
-        store.delete_index_entries([row for row in previous if (row.partition_key, row.row_key) not in kept])
+        store.delete_index_entries(
+            [row for row in previous if (row.partition_key, row.row_key) not in kept], wait=False
+        )
         return WriteResult(written, created=False)
 
     log.warning(json.dumps({"event": "writeContention", "referralId": referral_id}))
@@ -160,7 +163,7 @@ def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Pa
                 elif _is_leftover(row, current):
                     stale.append(row)
         finally:
-            store.delete_index_entries(stale)
+            store.delete_index_entries(stale, wait=False)
     return Page(found, None)
 
 

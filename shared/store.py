@@ -300,8 +300,12 @@ class ReferralStore:
 
         _in_parallel(put, entries)
 
-    def delete_index_entries(self, entries: list[IndexEntry]) -> None:
-        """Best effort: a row left behind is recognised as stale and repaired by a later listing."""
+    def delete_index_entries(self, entries: list[IndexEntry], *, wait: bool = True) -> None:
+        """Best effort: a row left behind is recognised as stale and repaired by a later listing.
+
+        With `wait=False` the deletes run on the process's storage threads after the response has
+        gone: cleanup is never on a caller's critical path.
+        """
 
         def delete(entry: IndexEntry) -> None:
             try:
@@ -309,7 +313,11 @@ class ReferralStore:
             except AzureError as error:
                 log.warning(to_json({"event": "indexCleanupDeferred", "error": type(error).__name__}))
 
-        _in_parallel(delete, entries)
+        if wait:
+            _in_parallel(delete, entries)
+        else:
+            for entry in entries:
+                _executor.submit(delete, entry)
 
     def scan_index(
         self,

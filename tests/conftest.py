@@ -109,7 +109,7 @@ class Api:
         token: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        raw = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
         all_headers = {"Content-Type": "application/json", **(headers or {})}
         return self.call(update_referral.main, "POST", referral_id, token, all_headers, raw)
 

@@ -1,0 +1,81 @@
+"""Over real HTTP through scripts/local_host.py, which serves the function folders as the host does."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from scripts.azurite import free_port
+from scripts.local_host import route_pattern, serve
+from tests.conftest import Api, minimal_referral, new_id
+
+
+@pytest.fixture
+def base_url(api_env: None) -> Iterator[str]:
+    port = free_port()
+    server = serve("127.0.0.1", port)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+    server.server_close()
+
+
+def call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, dict[str, str], Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or b"null")
+
+
+def test_route_templates_follow_the_functions_syntax() -> None:
+    pattern = route_pattern("api", "v1/referrals/{referralId?}")
+    assert pattern.match("/api/v1/referrals/abc").groupdict() == {"referralId": "abc"}  # type: ignore[union-attr]
+    assert pattern.match("/api/v1/referrals").groupdict() == {"referralId": None}  # type: ignore[union-attr]
+    assert pattern.match("/api/v1/referrals/a/b") is None
+    assert route_pattern("", "items/{id:int}").match("/items/5") is not None
+
+
+def test_create_read_and_list_over_http(base_url: str, api: Api) -> None:
+    referral_id = new_id()
+    token = api.token()
+    status, headers, created = call(f"{base_url}/api/v1/referrals/{referral_id}", token, "POST", minimal_referral())
+    assert status == 201
+    assert headers["Location"] == f"{base_url}/api/v1/referrals/{referral_id}"
+    status, headers, fetched = call(f"{base_url}/api/v1/referrals/{referral_id}", token)
+    assert (status, fetched) == (200, created)
+    status, _, page = call(f"{base_url}/api/v1/referrals?top=100", token)
+    assert status == 200 and referral_id in [item["id"] for item in page["value"]]
+
+
+def test_unknown_path_and_wrong_method_get_the_error_envelope(base_url: str, api: Api) -> None:
+    status, _, body = call(f"{base_url}/api/v2/nothing", api.token())
+    assert status == 404 and body["error"]["code"] == "itemNotFound"
+    status, _, body = call(f"{base_url}/api/v1/referrals/x", api.token(), "DELETE")
+    assert status == 405 and "error" in body
+
+
+def test_a_content_length_that_lies_is_400_not_a_hang(base_url: str, api: Api) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(
+            f"POST /api/v1/referrals/{new_id()} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api.token()}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{}".encode()
+        )
+        connection.shutdown(socket.SHUT_WR)
+        reply = connection.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 400"), reply
+    assert '"invalidRequest"' in reply

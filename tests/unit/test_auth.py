@@ -1,0 +1,149 @@
+"""Token validation without storage: signature, claims, tenants, permissions, caches."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from scripts.dev_tokens import SigningKey
+from shared.auth import SigningKeys, TokenValidator
+from shared.errors import AccessDenied, Unauthenticated
+from shared.settings import AuthSettings
+
+HOME = "11111111-1111-4111-8111-111111111111"
+PARTNER = "22222222-2222-4222-8222-222222222222"
+STRANGER = "44444444-4444-4444-8444-444444444444"
+AUDIENCE = "api://referrals-test"
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def keys(key: SigningKey, tmp_path: Path) -> SigningKeys:
+    return SigningKeys(key.write(tmp_path).as_uri())
+
+
+@pytest.fixture
+def validator(keys: SigningKeys) -> TokenValidator:
+    return TokenValidator(AuthSettings(AUDIENCE, HOME, frozenset({PARTNER}), "unused"), keys)
+
+
+def token(key: SigningKey, tenant: str = PARTNER, roles: list[str] | None = None, **claims: object) -> str:
+    return key.token(tenant, audience=AUDIENCE, roles=roles or ["Referrals.ReadWrite"], **claims)
+
+
+def bearer(value: str) -> str:
+    return f"Bearer {value}"
+
+
+def test_valid_token_gives_the_tenant_as_organization(validator: TokenValidator, key: SigningKey) -> None:
+    caller = validator.authenticate(bearer(token(key)))
+    assert (caller.organization_id, caller.can_read, caller.can_write, caller.is_admin) == (PARTNER, True, True, False)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": int(time.time()) - 120},
+        {"nbf": int(time.time()) + 600},
+        {"aud": "api://someone-else"},
+        {"iss": "https://login.microsoftonline.com/44444444-4444-4444-8444-444444444444/v2.0"},
+        {"iss": "https://sts.windows.net/22222222-2222-4222-8222-222222222222/"},
+        {"tid": "not-a-guid", "iss": "https://login.microsoftonline.com/not-a-guid/v2.0"},
+    ],
+)
+def test_invalid_claims_are_401(validator: TokenValidator, key: SigningKey, claims: dict[str, object]) -> None:
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(token(key, **claims)))
+
+
+def test_alg_none_and_hs256_with_the_public_key_are_401(validator: TokenValidator, key: SigningKey) -> None:
+    claims = jwt.decode(token(key), options={"verify_signature": False})
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "none", "kid": key.kid}).encode()).rstrip(b"=").decode()
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(f"{header}.{body}."))
+    # The classic confusion attack: HMAC keyed with the public key. PyJWT refuses to mint it, so by hand.
+    public_pem = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(key.jwks["keys"][0])).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    hs_header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": key.kid}).encode()).rstrip(b"=").decode()
+    signature = hmac.new(public_pem, f"{hs_header}.{body}".encode(), hashlib.sha256).digest()
+    forged = f"{hs_header}.{body}." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(forged))
+
+
+def test_missing_header_is_401_without_invalid_token_error(validator: TokenValidator) -> None:
+    with pytest.raises(Unauthenticated) as missing:
+        validator.authenticate(None)
+    assert missing.value.headers["WWW-Authenticate"] == "Bearer"
+    with pytest.raises(Unauthenticated):
+        validator.authenticate("Basic dXNlcjpwYXNz")
+
+
+def test_tenant_not_onboarded_is_403(validator: TokenValidator, key: SigningKey) -> None:
+    with pytest.raises(AccessDenied):
+        validator.authenticate(bearer(token(key, STRANGER)))
+
+
+def test_admin_role_counts_only_in_our_own_tenant(validator: TokenValidator, key: SigningKey) -> None:
+    assert validator.authenticate(bearer(token(key, HOME, ["Referrals.Admin"]))).is_admin
+    partner_admin = validator.authenticate(bearer(token(key, PARTNER, ["Referrals.Admin", "Referrals.Read"])))
+    assert not partner_admin.is_admin and not partner_admin.can_write
+    with pytest.raises(AccessDenied):
+        validator.authenticate(bearer(token(key, PARTNER, ["Referrals.Admin"])))
+
+
+def test_token_without_permissions_is_403(validator: TokenValidator, key: SigningKey) -> None:
+    with pytest.raises(AccessDenied):
+        validator.authenticate(bearer(token(key, roles=["Something.Else"])))
+
+
+def test_unknown_kid_refetches_the_keys_at_most_once_a_minute(
+    validator: TokenValidator, keys: SigningKeys, key: SigningKey
+) -> None:
+    validator.authenticate(bearer(token(key)))
+    fetched = keys.fetch_count
+    stranger = SigningKey.generate()
+    for _ in range(50):
+        with pytest.raises(Unauthenticated):
+            validator.authenticate(bearer(stranger.token(PARTNER, audience=AUDIENCE, roles=["Referrals.Read"])))
+    assert keys.fetch_count - fetched <= 1
+
+
+def test_new_signing_key_is_picked_up_after_the_refetch_interval(tmp_path: Path, key: SigningKey) -> None:
+    now = [0.0]
+    keys = SigningKeys(key.write(tmp_path).as_uri(), clock=lambda: now[0])
+    validator = TokenValidator(AuthSettings(AUDIENCE, HOME, frozenset({PARTNER}), "unused"), keys)
+    validator.authenticate(bearer(token(key)))
+    rotated = SigningKey.generate()
+    rotated.write(tmp_path)
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(rotated.token(PARTNER, audience=AUDIENCE, roles=["Referrals.Read"])))
+    now[0] += 61
+    assert validator.authenticate(bearer(rotated.token(PARTNER, audience=AUDIENCE, roles=["Referrals.Read"])))
+
+
+def test_validated_token_is_remembered_until_it_expires(
+    validator: TokenValidator, keys: SigningKeys, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = token(key, exp=int(time.time()) + 5)
+    assert validator.authenticate(bearer(short)).organization_id == PARTNER
+    monkeypatch.setattr(keys, "key_for", lambda kid: None)  # any re-validation now fails
+    assert validator.authenticate(bearer(short)).organization_id == PARTNER  # served from the cache
+    later = time.time() + 5 + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(short))

@@ -1,0 +1,149 @@
+"""Domain rules without I/O: transitions, enums, merge-patch, property names, access policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from shared import editing
+from shared.errors import AccessDenied, InvalidRequest, InvalidStatusTransition, PayloadTooLarge
+from shared.model import Limits, Referral, ReferralStatus, check_transition
+from shared.patching import canonicalize, changed_paths, merge_patch
+from shared.policy import Caller
+
+A = "22222222-2222-4222-8222-222222222222"
+B = "33333333-3333-4333-8333-333333333333"
+PARTNER = Caller(A, can_read=True, can_write=True, is_admin=False)
+OTHER = Caller(B, can_read=True, can_write=True, is_admin=False)
+NOW = "2026-11-21T10:00:00.000000Z"
+LATER = "2026-11-21T11:00:00.000000Z"
+
+
+def created(**extra: Any) -> dict[str, Any]:
+    document, _ = editing.create(
+        PARTNER, "r1", {"referralSource": "PartnerLed", "customerProfile": {"name": "C"}, **extra}, NOW
+    )
+    return document
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [("Pending", "Active"), ("Pending", "Lost"), ("Active", "Won"), ("Active", "Lost"), ("Won", "Won")],
+)
+def test_allowed_transitions(current: str, new: str) -> None:
+    check_transition(ReferralStatus(current), ReferralStatus(new))
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [("Pending", "Won"), ("Active", "Pending"), ("Won", "Lost"), ("Lost", "Active"), ("Won", "Pending")],
+)
+def test_forbidden_transitions_raise_invalid_status_transition(current: str, new: str) -> None:
+    with pytest.raises(InvalidStatusTransition):
+        check_transition(ReferralStatus(current), ReferralStatus(new))
+
+
+def test_enums_accept_names_in_any_case_and_seed_positions_but_not_booleans() -> None:
+    document = created()
+    assert Referral.model_validate({**document, "status": "lOsT"}).status is ReferralStatus.LOST
+    assert Referral.model_validate({**document, "status": 1}).status is ReferralStatus.ACTIVE
+    participants = [{**document["participants"][0], "status": 4}]
+    assert Referral.model_validate({**document, "participants": participants}).participants[0].status.value == "Missed"
+    with pytest.raises(ValueError, match="status"):
+        Referral.model_validate({**document, "status": True})
+    with pytest.raises(ValueError, match="status"):
+        Referral.model_validate({**document, "status": 4})
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": {"b": 1, "c": [1, 2]}, "d": "x"}
+    assert merge_patch(target, {"a": {"b": None, "c": [3]}, "e": 1}) == {"a": {"c": [3]}, "d": "x", "e": 1}
+    assert merge_patch(target, {"a": "flat"}) == {"a": "flat", "d": "x"}
+    assert target == {"a": {"b": 1, "c": [1, 2]}, "d": "x"}, "the target is not modified in place"
+
+
+def test_canonicalize_matches_names_case_insensitively_and_names_unknown_ones() -> None:
+    body = {"CustomerProfile": {"NAME": "x", "address": {"PostalCode": "1"}}, "participants": [{"OrganizationId": A}]}
+    assert canonicalize(body) == {
+        "customerProfile": {"name": "x", "address": {"postalCode": "1"}},
+        "participants": [{"organizationId": A}],
+    }
+    with pytest.raises(InvalidRequest) as unknown:
+        canonicalize({"participants": [{"organizationId": A, "role": "x"}]})
+    assert unknown.value.target == "participants[0].role"
+    with pytest.raises(InvalidRequest):
+        canonicalize({"status": "Active", "STATUS": "Lost"})
+    with pytest.raises(InvalidRequest):
+        canonicalize(["not", "an", "object"])
+
+
+def test_changed_paths_go_one_level_deep() -> None:
+    before = {"status": "Pending", "details": {"notes": "a", "currency": "EUR"}}
+    after = {"status": "Active", "details": {"notes": "b", "currency": "EUR"}, "additionalInformation": "x"}
+    assert changed_paths(before, after) == ["additionalInformation", "details.notes", "status"]
+
+
+def test_update_without_change_is_none() -> None:
+    document = created()
+    assert editing.update(PARTNER, document, [], {"status": "pending", "customerProfile": {"name": "C"}}, LATER) is None
+
+
+def test_update_sets_updated_date_and_describes_the_change() -> None:
+    document = created()
+    updated, activity = editing.update(PARTNER, document, [], {"status": "Active"}, LATER) or ({}, {})
+    assert updated["updatedDate"] == LATER and updated["createdDate"] == NOW
+    assert activity == {
+        "date": LATER,
+        "organizationId": A,
+        "action": "Updated",
+        "fromStatus": "Pending",
+        "toStatus": "Active",
+        "changedProperties": ["status"],
+    }
+
+
+def test_a_referral_larger_than_the_limit_is_refused() -> None:
+    document = created()
+    huge = {"details": {"notes": "n" * Limits.LONG_TEXT}, "additionalInformation": "a" * Limits.LONG_TEXT}
+    participants = [
+        {
+            "organizationId": f"00000000-0000-4000-8000-{index:012d}",
+            "users": [{"firstName": "f" * 256, "lastName": "l" * 256, "email": f"u{i}@example.com"} for i in range(10)],
+        }
+        for index in range(49)
+    ]
+    with pytest.raises(PayloadTooLarge):
+        editing.update(PARTNER, document, [], {**huge, "participants": participants}, LATER)
+
+
+def test_dealvalue_needs_a_currency_and_a_finite_non_negative_amount() -> None:
+    for details in (
+        {"dealValue": 5},
+        {"dealValue": -1, "currency": "USD"},
+        {"dealValue": "5", "currency": "USD"},
+        {"dealValue": 1e16, "currency": "USD"},
+        {"currency": "usd"},
+        {"closingDate": "2026-02-30"},
+    ):
+        with pytest.raises(InvalidRequest):
+            editing.update(PARTNER, created(), [], {"details": details}, LATER)
+
+
+def test_text_rejects_control_characters_and_unpaired_surrogates_but_keeps_any_unicode() -> None:
+    for bad in ("a\x00b", "bell\x07", "\ud800"):
+        with pytest.raises(InvalidRequest):
+            editing.update(PARTNER, created(), [], {"additionalInformation": bad}, LATER)
+    text = "Zürich 東京 🚀 مرحبا\ttab\nline"
+    updated, _ = editing.update(PARTNER, created(), [], {"additionalInformation": text}, LATER) or ({}, {})
+    assert updated["additionalInformation"] == text
+
+
+def test_non_participant_rules_are_enforced_by_policy() -> None:
+    document = created(participants=[{"organizationId": B}])
+    with pytest.raises(AccessDenied):
+        editing.update(OTHER, document, [], {"status": "Active"}, LATER)
+    updated, _ = editing.update(
+        OTHER, document, [], {"participants": [{"organizationId": B, "status": "Accepted"}]}, LATER
+    ) or ({}, {})
+    assert [p["status"] for p in updated["participants"]] == ["Accepted", "Accepted"]
