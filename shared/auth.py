@@ -24,6 +24,7 @@ import jwt
 
 from shared.errors import AccessDenied, ServiceNotAvailable, Unauthenticated
 from shared.guid import parse_guid
+from shared.lazy import Lazy
 from shared.policy import Caller
 from shared.settings import AuthSettings, settings
 
@@ -178,22 +179,12 @@ def _bearer_token(authorization: str | None) -> str:
     return token
 
 
-_lock = threading.Lock()
-_validator: TokenValidator | None = None
+def _build_validator() -> TokenValidator:
+    config = settings.auth()
+    return TokenValidator(config, SigningKeys(config.jwks_uri))
 
 
-def get_validator() -> TokenValidator:
-    """The process-wide validator (and with it the key and token caches), created on first use."""
-    global _validator
-    if _validator is None:
-        with _lock:
-            if _validator is None:
-                config = settings.auth()
-                _validator = TokenValidator(config, SigningKeys(config.jwks_uri))
-    return _validator
-
-
-def reset_validator() -> None:
-    global _validator
-    with _lock:
-        _validator = None
+_validator = Lazy(_build_validator)
+# The process-wide validator (and with it the key and token caches), created on first use.
+get_validator = _validator.get
+reset_validator = _validator.reset

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from shared.errors import ConfigurationError
 from shared.guid import parse_guid
+from shared.lazy import Lazy
 
 ENTRA_COMMON_JWKS_URI = "https://login.microsoftonline.com/common/discovery/v2.0/keys"
 DEFAULT_TABLE = "Referrals"
@@ -93,33 +93,22 @@ def load_auth_settings(env: Mapping[str, str]) -> AuthSettings:
     return AuthSettings(audience, home_tenant, frozenset(allowed), jwks_uri)
 
 
-class _Lazy:
-    """Loads settings from `os.environ` on first use and keeps them for the life of the process."""
+class _Settings:
+    """Settings loaded from `os.environ` on first use and kept for the life of the process."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._storage: StorageSettings | None = None
-        self._auth: AuthSettings | None = None
+        self._storage = Lazy(lambda: load_storage_settings(os.environ))
+        self._auth = Lazy(lambda: load_auth_settings(os.environ))
 
     def storage(self) -> StorageSettings:
-        if self._storage is None:
-            with self._lock:
-                if self._storage is None:
-                    self._storage = load_storage_settings(os.environ)
-        return self._storage
+        return self._storage.get()
 
     def auth(self) -> AuthSettings:
-        if self._auth is None:
-            with self._lock:
-                if self._auth is None:
-                    self._auth = load_auth_settings(os.environ)
-        return self._auth
+        return self._auth.get()
 
     def reset(self) -> None:
-        """Forget what was loaded (tests change the environment between cases)."""
-        with self._lock:
-            self._storage = None
-            self._auth = None
+        self._storage.reset()
+        self._auth.reset()
 
 
-settings = _Lazy()
+settings = _Settings()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -50,6 +49,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared.errors import ApiError, ConfigurationError, ServiceNotAvailable
+from shared.lazy import Lazy
 from shared.model import Limits
 from shared.settings import StorageSettings, settings
 
@@ -447,25 +447,10 @@ def _in_parallel(function: Callable[[T], R], items: list[T]) -> list[R]:
     return list(_executor.map(function, items))
 
 
-_lock = threading.Lock()
-_store: ReferralStore | None = None
-
-
-def get_store() -> ReferralStore:
-    """The process-wide store: one client and connection pool per process, created on first use."""
-    global _store
-    if _store is None:
-        with _lock:
-            if _store is None:
-                _store = ReferralStore(_open_table(settings.storage()))
-    return _store
-
-
-def reset_store() -> None:
-    """Forget the process-wide client (tests point the process at another Azurite)."""
-    global _store
-    with _lock:
-        _store = None
+_store = Lazy(lambda: ReferralStore(_open_table(settings.storage())))
+# The process-wide store: one client and connection pool per process, created on first use.
+get_store = _store.get
+reset_store = _store.reset
 
 
 def _client_options() -> dict[str, Any]:
