@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,6 +90,9 @@ def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "referrals-local-host"
         timeout = 15  # a client that promises more body than it sends is cut off, not waited for
+        # Headers and body go out as two writes; with Nagle on, the body waits for the client's delayed
+        # ACK of the headers (~40 ms on Linux loopback) on every keep-alive response.
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             self._dispatch()
@@ -108,6 +112,18 @@ def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
         def do_HEAD(self) -> None:
             self._dispatch()
 
+        def do_OPTIONS(self) -> None:
+            self._dispatch()
+
+        def do_TRACE(self) -> None:
+            self._dispatch()
+
+        def __getattr__(self, name: str) -> Any:
+            # Any other method (QUERY, CONNECT, ...) gets 405 on a function's path too, not a bare 501.
+            if name.startswith("do_"):
+                return self._dispatch
+            raise AttributeError(name)
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
             pass  # the functions log each request themselves
 
@@ -118,7 +134,8 @@ def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
                 return self._plain(404, "itemNotFound", "No function serves this path.")
             allowed = [(route, match) for route, match in matched if self.command in route.methods]
             if not allowed:
-                return self._plain(405, "invalidRequest", "This method is not allowed on this path.")
+                methods = ", ".join(sorted({method for route, _ in matched for method in route.methods}))
+                return self._plain(405, "invalidRequest", "This method is not allowed here.", {"Allow": methods})
             route, match = allowed[0]
             body = self._read_body()
             if body is None:
@@ -166,11 +183,14 @@ def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
                 return None
             return body
 
-        def _plain(self, status: int, code: str, message: str) -> None:
+        def _plain(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
             payload = json.dumps({"error": {"code": code, "message": message}}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("x-ms-error-code", code)
+            self.send_header("x-ms-request-id", str(uuid.uuid4()))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("Connection", "close")
             self.close_connection = True

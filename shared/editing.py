@@ -197,8 +197,8 @@ def _path(location: tuple[Any, ...]) -> str:
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif "[" in str(part) or part in ("function-after", "function-before"):
-            continue  # pydantic's names for validator steps, not properties
+        elif "[" in str(part) or part in ("function-after", "function-before", "int", "float"):
+            continue  # pydantic's names for validator steps and union members (Amount), not properties
         else:
             path += f".{part}" if path else str(part)
     return path

@@ -114,6 +114,8 @@ def _enum_input(enum_type: type[E]) -> Any:
             return value
         if isinstance(value, str) and value.lower() in by_name:
             return by_name[value.lower()]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON has one number type: 2.0 is the position 2 (JSON Schema agrees)
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(members):
             return members[value]
         names = ", ".join(member.value for member in members)
@@ -147,12 +149,22 @@ PhoneNumber = Annotated[str, Field(max_length=Limits.PHONE), AfterValidator(_pla
 
 
 def _email(value: str) -> str:
+    problem = _email_problem(value)
+    if problem is not None:
+        raise ValueError(f"is not a valid email address ({problem})")
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _email_problem(value: str) -> str | None:
+    """Why `value` is not an email address, or None. Remembered (bounded): an update validates the
+    stored referral and the updated one, and checking one address costs ~30 us (docs/benchmarks.md)."""
     try:
         # Syntax only: a CRM must be able to store an address whose domain is down today.
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as error:
-        raise ValueError(f"is not a valid email address ({error})") from None
-    return value
+        return str(error)
+    return None
 
 
 @lru_cache(maxsize=1)

@@ -70,6 +70,14 @@ def get_referral(store: ReferralStore, caller: Caller, referral_id: str) -> Stor
     return stored
 
 
+def current_etag(store: ReferralStore, caller: Caller, referral_id: str) -> str:
+    """The ETag of a referral the caller may see: a conditional GET answers 304 from this alone."""
+    version = store.read_version(referral_id)
+    if version is None or not can_see(caller, version[1]):
+        raise _not_found(referral_id)
+    return version[0]
+
+
 def create_or_update(
     store: ReferralStore,
     caller: Caller,
@@ -86,9 +94,9 @@ def create_or_update(
     for attempt in range(MAX_WRITE_ATTEMPTS):
         if attempt:
             _back_off(attempt)
-        now = editing.utc_now()
         version = new_etag()
         current = store.read(referral_id)
+        now = _stamp_after(current)
         if current is None:
             if if_match is not None:
                 raise PreconditionFailed(f"Referral '{referral_id}' does not exist.", target="If-Match")
@@ -188,6 +196,17 @@ def _index_entries(referral_id: str, version: str, document: JsonObject) -> list
         )
         for organization in [*organizations, ALL_ORGANIZATIONS]
     ]
+
+
+def _stamp_after(current: StoredReferral | None) -> str:
+    """The updatedDate for a write over `current`: now, taken after the read, and always later than
+    `current`'s, so a writer that was slow to read (or a host whose clock lags) never dates its change
+    before the version it replaces; `updatedSince` listings and the history order rely on it."""
+    now = editing.utc_now()
+    if current is None or now > current.updated_date:
+        return now
+    previous = datetime.fromisoformat(current.updated_date.replace("Z", "+00:00"))
+    return (previous + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _back_off(attempt: int) -> None:

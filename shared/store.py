@@ -95,7 +95,7 @@ class StoredReferral:
     organizations: frozenset[str]
     updated_date: str
     storage_etag: str
-    older_activities: tuple[str, ...]  # JSON of activities not shown and not yet archived
+    older_json: str  # activities not shown and not yet archived, as a JSON array ("" when none)
     archived_rows: int
 
     def document(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -115,6 +115,10 @@ def to_json(value: Any) -> str:
 
 def utf16_units(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def _organizations(joined: str) -> frozenset[str]:
+    return frozenset(filter(None, joined.split(",")))
 
 
 def _chunks(text: str) -> list[str]:
@@ -225,22 +229,22 @@ class ReferralStore:
                 entity = self._table.get_entity(referral_id, REFERRAL_ROW)
             except ResourceNotFoundError:
                 return None
-        older = json.loads(_get_text(entity, "Older")) if entity.get("OlderParts") else []
         return StoredReferral(
             referral_id=referral_id,
             body=_get_text(entity, "Body"),
             etag=entity["Version"],
-            organizations=frozenset(filter(None, entity["Organizations"].split(","))),
+            organizations=_organizations(entity["Organizations"]),
             updated_date=entity["UpdatedDate"],
             storage_etag=str(entity.metadata["etag"]),
-            older_activities=tuple(to_json(item) for item in older),
+            # Kept as text: only a write needs these parsed, so a GET never pays for them.
+            older_json=_get_text(entity, "Older") if entity.get("OlderParts") else "",
             archived_rows=entity.get("ArchivedRows", 0),
         )
 
     def create(
         self, referral_id: str, version: str, document: dict[str, Any], activity: dict[str, Any]
     ) -> StoredReferral:
-        write = self._prepare(referral_id, version, document, [activity], older=(), archived_rows=0)
+        write = self._prepare(referral_id, version, document, [activity], older_json="", archived_rows=0)
         with _storage_faults("create"):
             try:
                 self._table.create_entity(write.entity)
@@ -261,7 +265,7 @@ class ReferralStore:
             version,
             document,
             shown_activities,
-            older=current.older_activities,
+            older_json=current.older_json,
             archived_rows=current.archived_rows,
         )
         condition: dict[str, Any] = {
@@ -287,6 +291,15 @@ class ReferralStore:
                     raise WriteConflict(current.referral_id) from None
                 raise
         return write.result
+
+    def read_version(self, referral_id: str) -> tuple[str, frozenset[str]] | None:
+        """Only the public ETag and the participants of a referral: what a conditional GET needs."""
+        with _storage_faults("read"):
+            try:
+                entity = self._table.get_entity(referral_id, REFERRAL_ROW, select=["Version", "Organizations"])
+            except ResourceNotFoundError:
+                return None
+        return entity["Version"], _organizations(entity["Organizations"])
 
     def read_many(self, referral_ids: list[str]) -> dict[str, StoredReferral | None]:
         """Point reads in parallel (a listing page verifies each index row against its referral)."""
@@ -363,7 +376,7 @@ class ReferralStore:
             activities.extend(json.loads(_get_text(row, "Activities")))
         current = self.read(referral_id)
         if current is not None:
-            activities.extend(json.loads(item) for item in current.older_activities)
+            activities.extend(json.loads(current.older_json) if current.older_json else [])
             activities.extend(current.document()[1])
         return activities
 
@@ -373,20 +386,20 @@ class ReferralStore:
         etag: str,
         document: dict[str, Any],
         shown: list[dict[str, Any]],
-        older: tuple[str, ...],
+        older_json: str,
         archived_rows: int,
     ) -> _Write:
         keep = Limits.ACTIVITIES_RETURNED
-        older_list = list(older) + [to_json(item) for item in shown[:-keep]]
+        older = (json.loads(older_json) if older_json else []) + shown[:-keep]
         shown = shown[-keep:]
         archive_row = None
-        if len(older_list) >= ACTIVITIES_PER_HISTORY_ROW:
+        if len(older) >= ACTIVITIES_PER_HISTORY_ROW:
             archive_row = {
                 "PartitionKey": referral_id,
                 "RowKey": f"{HISTORY_ROW_PREFIX}{archived_rows:010d}",
             }
-            _put_text(archive_row, "Activities", "[" + ",".join(older_list) + "]")
-            older_list, archived_rows = [], archived_rows + 1
+            _put_text(archive_row, "Activities", to_json(older))
+            older, archived_rows = [], archived_rows + 1
 
         body = to_json({**document, "activities": shown})
         organizations = frozenset(p["organizationId"] for p in document.get("participants", []))
@@ -401,8 +414,9 @@ class ReferralStore:
             "ArchivedRows": archived_rows,
         }
         _put_text(entity, "Body", body)
-        if older_list:
-            _put_text(entity, "Older", "[" + ",".join(older_list) + "]")
+        older_json = to_json(older) if older else ""
+        if older_json:
+            _put_text(entity, "Older", older_json)
         if _entity_size(entity) > _ENTITY_BUDGET_BYTES:
             # Unreachable within the documented limits; a guard so a limit change cannot corrupt data.
             raise ApiError("The referral is too large to store.")
@@ -413,7 +427,7 @@ class ReferralStore:
             organizations=organizations,
             updated_date=document["updatedDate"],
             storage_etag="",  # unknown until the next read; a result is never written back as is
-            older_activities=tuple(older_list),
+            older_json=older_json,
             archived_rows=archived_rows,
         )
         return _Write(entity, archive_row, result)
@@ -457,6 +471,8 @@ def _client_options() -> dict[str, Any]:
     # requests keeps 10 connections per host by default; concurrent requests plus the index fan-out
     # need more, or connections are dropped and re-opened under load.
     session = requests.Session()
+    # No proxy settings from the environment: requests would re-read them on every call (~0.2 ms CPU).
+    session.trust_env = False
     adapter = HTTPAdapter(
         pool_connections=4,
         pool_maxsize=64,
@@ -464,7 +480,8 @@ def _client_options() -> dict[str, Any]:
     )
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    return {"transport": RequestsTransport(session=session, **TIMEOUTS), **TIMEOUTS, **RETRIES}
+    transport = RequestsTransport(session=session, use_env_settings=False, **TIMEOUTS)
+    return {"transport": transport, **TIMEOUTS, **RETRIES}
 
 
 def _open_table(config: StorageSettings) -> TableClient:
