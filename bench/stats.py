@@ -1,0 +1,51 @@
+"""Percentiles, per-round summaries and the printed table."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (no interpolation: a p99 is a latency that was actually observed)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def side_summary(rounds: Sequence[Sequence[float]]) -> dict[str, float]:
+    """Median over rounds of each round's p50, p99 and operations per second (latencies in seconds)."""
+    return {
+        "p50_ms": statistics.median(percentile(r, 0.50) for r in rounds) * 1000,
+        "p99_ms": statistics.median(percentile(r, 0.99) for r in rounds) * 1000,
+        "ops_per_s": statistics.median(len(r) / sum(r) for r in rounds),
+        "samples": sum(len(r) for r in rounds),
+    }
+
+
+def paired_ratio(handler_rounds: Sequence[Sequence[float]], raw_rounds: Sequence[Sequence[float]]) -> float:
+    """Median over rounds of handler p50 / raw p50: each round's pair saw the same machine state."""
+    return statistics.median(
+        percentile(h, 0.5) / percentile(r, 0.5) for h, r in zip(handler_rounds, raw_rounds, strict=True)
+    )
+
+
+def render_table(rows: Sequence[dict[str, Any]]) -> str:
+    header = (
+        "| case | handler p50 ms | handler p99 ms | handler ops/s | raw p50 ms | raw p99 ms | raw ops/s "
+        "| handler/raw | target | | client CPU ms/op handler : raw | storage calls handler : raw |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for row in rows:
+        h, r = row["handler"], row["raw"]
+        cpu = f"{h['cpu_ms']:.2f} : {r['cpu_ms']:.2f}" if "cpu_ms" in h else "-"
+        calls = row.get("storage_calls")
+        calls_text = f"{calls['handler']:.1f} : {calls['raw']:.1f}" if calls else "-"
+        lines.append(
+            f"| {row['case']} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['ops_per_s']:.0f} "
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['ops_per_s']:.0f} "
+            f"| {row['ratio']:.3f}x | {row['target_text']} | {row['verdict']} | {cpu} | {calls_text} |"
+        )
+    return "\n".join(lines)

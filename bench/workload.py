@@ -1,0 +1,269 @@
+"""The benchmark's world: one Azurite, a signing key, realistic referrals, requests as the host builds
+them, and the raw azure-data-tables calls the handlers are compared with.
+
+The raw side is the best the SDK can do with the same data: one reused `TableClient`, the very entity
+the handler reads (GET), or a copy of it in its own partition that it reads and conditionally
+replaces with one changed property and one more activity (POST), so both sides move the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.core import MatchConditions
+from azure.data.tables import TableClient, UpdateMode
+
+from scripts.azurite import Azurite
+from scripts.dev_tokens import DEV_AUDIENCE, DEV_HOME_TENANT, DEV_PARTNER_TENANTS, SigningKey
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = "Referrals"
+HOME = DEV_HOME_TENANT
+PARTNER_A, PARTNER_B = DEV_PARTNER_TENANTS
+# A participant organization that is not onboarded (it never calls; it is only named in referrals).
+OTHER_ORG = "55555555-5555-4555-8555-555555555555"
+REFERRAL_ROW = "referral"
+RAW_PREFIX = "raw-"
+URL = "http://localhost:7071/api/v1/referrals"
+
+
+def index_partition(organization: str) -> str:
+    """The partition of an organization's listing index, as the store names it."""
+    from shared import store
+
+    naming = getattr(store, "index_partition", None)
+    return str(naming(organization)) if naming else f"org:{organization}"
+
+
+class HarnessError(Exception):
+    """The harness itself failed (an unexpected status, a missing entity): the run is not a measurement."""
+
+
+def listing_route_present() -> bool:
+    return "{referralId?}" in (ROOT / "get_referral" / "function.json").read_text()
+
+
+def configure_logging() -> None:
+    """As on the Functions host: the app's own loggers at Information (host.json "Function"), the rest at
+    Warning (host.json "default"). Records are formatted, as the worker does before shipping them, then
+    dropped, so each request pays for its log line without the terminal paying for printing it."""
+
+    class FormatAndDrop(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            self.format(record)
+
+    handler = FormatAndDrop()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("referrals").setLevel(logging.INFO)
+
+
+@dataclass
+class World:
+    azurite: Azurite
+    key: SigningKey
+    jwks_path: Path
+    workdir: tempfile.TemporaryDirectory[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls) -> World:
+        workdir = tempfile.TemporaryDirectory(prefix="referrals-bench-")
+        key = SigningKey.generate()
+        jwks_path = key.write(Path(workdir.name))
+        azurite = Azurite.start_table()
+        env = {
+            "REFERRALS_STORAGE": azurite.connection_string,
+            "REFERRALS_TABLE": TABLE,
+            "AUTH_AUDIENCE": DEV_AUDIENCE,
+            "AUTH_TENANT_ID": HOME,
+            "AUTH_ALLOWED_TENANTS": f"{PARTNER_A},{PARTNER_B}",
+            "AUTH_JWKS_URI": jwks_path.as_uri(),
+        }
+        return cls(azurite, key, jwks_path, workdir, env)
+
+    def apply_env(self) -> None:
+        os.environ.update(self.env)
+        os.environ.pop("REFERRALS_STORAGE__tableServiceUri", None)
+
+    def token(self, tenant: str = PARTNER_A) -> str:
+        """A token valid for an hour, reused for every call as a CRM does."""
+        return self.key.token(tenant, roles=["Referrals.ReadWrite"], lifetime_seconds=3600)
+
+    def raw_table(self) -> TableClient:
+        """The best the SDK does: one client for the run, its own pool (10 connections: enough for the 8
+        clients), and no per-request proxy lookup in the environment (`use_env_settings=False`: with
+        the default, requests scans os.environ on every call, about 0.2 ms of CPU; see
+        docs/benchmarks.md)."""
+        return TableClient.from_connection_string(self.azurite.connection_string, TABLE, use_env_settings=False)
+
+    def stop(self) -> None:
+        self.azurite.stop()
+        self.workdir.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def get_request(token: str, referral_id: str, if_none_match: str | None = None) -> func.HttpRequest:
+    headers = {"Authorization": f"Bearer {token}", "x-ms-client-request-id": "bench-get"}
+    if if_none_match:
+        headers["If-None-Match"] = if_none_match
+    return func.HttpRequest(
+        method="GET", url=f"{URL}/{referral_id}", headers=headers, params={},
+        route_params={"referralId": referral_id}, body=b"",
+    )
+
+
+def post_request(token: str, referral_id: str, patch: dict[str, Any], if_match: str | None = None) -> func.HttpRequest:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "x-ms-client-request-id": "bench-post",
+    }
+    if if_match:
+        headers["If-Match"] = if_match
+    return func.HttpRequest(
+        method="POST", url=f"{URL}/{referral_id}", headers=headers, params={},
+        route_params={"referralId": referral_id}, body=json.dumps(patch).encode(),
+    )
+
+
+def list_request(token: str, top: int) -> func.HttpRequest:
+    return func.HttpRequest(
+        method="GET", url=f"{URL}?top={top}", headers={"Authorization": f"Bearer {token}"},
+        params={"top": str(top)}, route_params={}, body=b"",
+    )
+
+
+# --------------------------------------------------------------------------------------------- referrals
+
+
+def referral_document(index: int) -> dict[str, Any]:
+    """A referral as a CRM sends it: customer, requirements, deal details, two invited organizations."""
+    return {
+        "referralSource": "PartnerLed",
+        "customerProfile": {
+            "id": f"crm-{index:06d}",
+            "name": f"Contoso Manufacturing {index} GmbH",
+            "address": {
+                "addressLine1": f"Hauptstraße {index % 200 + 1}",
+                "city": "München",
+                "postalCode": f"{80000 + index % 999:05d}",
+                "country": "DE",
+            },
+            "contact": {
+                "firstName": "Adelheid",
+                "lastName": "Müller",
+                "email": f"a.mueller{index}@contoso-manufacturing.com",
+                "phoneNumber": "+49 89 1234 5678",
+            },
+        },
+        "customerRequirements": {
+            "industries": ["Manufacturing", "Automotive"],
+            "products": ["Dynamics 365 Supply Chain", "Azure IoT Hub"],
+            "services": ["Migration", "Managed services"],
+            "solutions": "Predictive maintenance on the shop floor, integrated with the existing ERP. " * 3,
+            "customerNeed": (
+                "Unplanned downtime of the press line costs about 40 hours a quarter; the customer wants "
+                "sensor data in one place and alerts before a failure, rolled out to three plants. " * 3
+            ),
+        },
+        "details": {
+            "notes": "First call went well; technical deep dive scheduled with the plant IT team.",
+            "dealValue": 250_000 + index,
+            "currency": "EUR",
+            "closingDate": "2026-06-30",
+        },
+        "additionalInformation": "Budget approved for FY26; procurement requires two quotes.",
+        "participants": [
+            {
+                "organizationId": PARTNER_B,
+                "users": [{"firstName": "Jan", "lastName": "Kowalski", "email": "jan.kowalski@fabrikam.com"}],
+            },
+            {"organizationId": OTHER_ORG},
+        ],
+    }
+
+
+def seed_changes(index: int) -> list[tuple[str, dict[str, Any]]]:
+    """A handful of changes after creation, by both organizations: (tenant, patch)."""
+    return [
+        (PARTNER_B, {"participants": [{"organizationId": PARTNER_B, "status": "Accepted"}]}),
+        (PARTNER_A, {"details": {"notes": "Deep dive done; the customer asks for a pilot in one plant."}}),
+        (PARTNER_B, {"customerRequirements": {"services": ["Migration", "Managed services", "Training"]}}),
+        (PARTNER_A, {"details": {"dealValue": 310_000 + index}}),
+        (PARTNER_B, {"participants": [{"organizationId": PARTNER_B, "users": [
+            {"firstName": "Jan", "lastName": "Kowalski", "email": "jan.kowalski@fabrikam.com"},
+            {"firstName": "Eva", "lastName": "Novak", "email": "eva.novak@fabrikam.com",
+             "phoneNumber": "+48 22 555 0101"},
+        ]}]}),
+    ]
+
+
+def new_referral_id() -> str:
+    return f"bench-{secrets.token_hex(8)}"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------------------------------- raw side
+
+
+class Raw:
+    """The raw azure-data-tables calls: what a handler cannot avoid, and nothing else."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+        self.activity = json.dumps(
+            {"date": utc_now(), "organizationId": PARTNER_A, "action": "Updated", "toStatus": "Active",
+             "changedProperties": ["details.notes"], "fromStatus": "Active"},
+            separators=(",", ":"),
+        )
+
+    def get(self, partition: str) -> Any:
+        return self.table.get_entity(partition, REFERRAL_ROW)
+
+    def post(self, partition: str) -> None:
+        """Read, then replace the entity if unchanged: a new version, one more activity in the body."""
+        entity = self.table.get_entity(partition, REFERRAL_ROW)
+        updated = {name: value for name, value in entity.items() if not name.startswith("Body")}
+        body = "".join(entity[f"Body{index}"] for index in range(entity["BodyParts"]))
+        body = body[:-2] + "," + self.activity + "]}"  # the body ends with its activities
+        size = 32_000 if body.isascii() else 16_000  # one string property holds 32K UTF-16 units
+        parts = [body[start : start + size] for start in range(0, len(body), size)]
+        updated["BodyParts"] = len(parts)
+        updated.update({f"Body{index}": part for index, part in enumerate(parts)})
+        updated["Version"] = f'"{secrets.token_urlsafe(16)}"'
+        updated["UpdatedDate"] = utc_now()
+        self.table.update_entity(
+            updated, mode=UpdateMode.REPLACE, etag=entity.metadata["etag"],
+            match_condition=MatchConditions.IfNotModified,
+        )
+
+    def list_page(self, tenant: str, top: int) -> list[Any]:
+        pages = self.table.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": index_partition(tenant)}, results_per_page=top
+        ).by_page()
+        return list(next(pages, []))
+
+    def copy_for_raw(self, referral_id: str) -> str:
+        """The handler's entity, byte for byte, in a partition of its own for the raw writes."""
+        entity = self.table.get_entity(referral_id, REFERRAL_ROW)
+        copy = dict(entity)
+        copy["PartitionKey"] = RAW_PREFIX + referral_id
+        self.table.upsert_entity(copy, mode=UpdateMode.REPLACE)
+        return RAW_PREFIX + referral_id
