@@ -24,10 +24,11 @@ run: $(STAMP_PY) $(STAMP_NODE)
 token: $(STAMP_PY)
 	@$(PY) -m scripts.dev_tokens $(ARGS)
 
+# Linters and the infra check first, so the last line of a run is the test summary.
 test: $(STAMP_PY) $(STAMP_NODE)
-	$(PY) -m pytest -m "not soak"
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory infra-check
+	$(PY) -m pytest -m "not soak"
 
 lint: $(STAMP_PY)
 	$(PY) -m ruff check .
