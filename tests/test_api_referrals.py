@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+import pytest
 
 from tests.conftest import HOME, PARTNER_A, PARTNER_B, Api, minimal_referral, new_id
 
@@ -254,3 +257,32 @@ def test_admin_sees_and_changes_every_referral(api: Api) -> None:
     reply = api.post(referral_id, {"referralSource": "AgentLed"}, admin)
     assert reply.status == 200 and reply.json["referralSource"] == "AgentLed"
     assert reply.json["activities"][-1]["organizationId"] == HOME
+
+
+def test_each_request_logs_one_structured_line_without_customer_data(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    referral_id = new_id()
+    secret_email = "private.person@contoso.example"
+    with caplog.at_level(logging.INFO, logger="referrals"):
+        reply = api.post(
+            referral_id,
+            minimal_referral(customerProfile={"name": "Hidden Name", "contact": {"email": secret_email}}),
+            headers={"x-ms-client-request-id": "crm-7"},
+        )
+    assert reply.status == 201
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "referrals.http"]
+    assert lines == [
+        {
+            "event": "request",
+            "method": "POST",
+            "status": 201,
+            "durationMs": lines[0]["durationMs"],
+            "requestId": reply.headers["x-ms-request-id"],
+            "clientRequestId": "crm-7",
+            "organizationId": PARTNER_A,
+            "referralId": referral_id,
+        }
+    ]
+    everything = " ".join(record.getMessage() for record in caplog.records)
+    assert secret_email not in everything and "Hidden Name" not in everything
