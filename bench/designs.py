@@ -27,6 +27,7 @@ from azure.core import MatchConditions
 from azure.data.tables import UpdateMode
 
 from bench import run, stats, workload
+from shared.timestamps import utc_now
 
 ROUNDS = 5
 SAMPLES = 40
@@ -46,7 +47,7 @@ class Designs:
         key = f"{10**17 - time.time_ns() // 1000:017d}:{referral_id}"
         return [
             {"PartitionKey": workload.index_partition(org), "RowKey": key, "ReferralId": referral_id,
-             "Version": f'"v{self.counter}"', "UpdatedDate": workload.utc_now(), "Status": "Active",
+             "Version": f'"v{self.counter}"', "UpdatedDate": utc_now(), "Status": "Active",
              "ReferralSource": "PartnerLed"}
             for org in ORGANIZATIONS
         ]
@@ -106,7 +107,7 @@ class Designs:
     def _conditional_replace(self, entity: Any) -> None:
         updated = dict(entity)
         updated["Version"] = f'"r{self.counter}"'
-        updated["UpdatedDate"] = workload.utc_now()
+        updated["UpdatedDate"] = utc_now()
         self.table.update_entity(updated, mode=UpdateMode.REPLACE, etag=entity.metadata["etag"],
                                  match_condition=MatchConditions.IfNotModified)
 

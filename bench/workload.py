@@ -14,7 +14,6 @@ import os
 import secrets
 import tempfile
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from azure.data.tables import TableClient, UpdateMode
 
 from scripts.azurite import Azurite
 from scripts.dev_tokens import DEV_AUDIENCE, DEV_HOME_TENANT, DEV_PARTNER_TENANTS, SigningKey
+from shared.timestamps import utc_now
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "Referrals"
@@ -214,10 +214,6 @@ def seed_changes(index: int) -> list[tuple[str, dict[str, Any]]]:
 
 def new_referral_id() -> str:
     return f"bench-{secrets.token_hex(8)}"
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---------------------------------------------------------------------------------------------- raw side

@@ -7,7 +7,6 @@ writes storage around it and retries it when a concurrent writer got there first
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,11 +25,6 @@ from shared.policy import Caller, check_create, check_update
 from shared.store import to_json, utf16_units
 
 SERVER_MANAGED = ("id", "createdDate", "updatedDate")
-
-
-def utc_now() -> str:
-    """UTC ISO-8601 with microseconds and Z: fixed width, so it also sorts as text."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tuple[JsonObject, JsonObject]:

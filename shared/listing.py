@@ -12,11 +12,11 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 from shared.errors import InvalidRequest
 from shared.model import ReferralSource, ReferralStatus
 from shared.policy import Caller
+from shared.timestamps import format_utc, parse_utc
 
 DEFAULT_TOP = 20
 MAX_TOP = 100
@@ -92,7 +92,8 @@ def _timestamp(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+        # A "+" of an offset arrives as a space when the caller did not encode it.
+        moment = parse_utc(value.replace(" ", "+"))
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None or not 1970 <= moment.year < 5000:
@@ -100,7 +101,7 @@ def _timestamp(value: str | None) -> str | None:
             "'updatedSince' must be an ISO-8601 date-time with a time zone, such as 2026-01-01T00:00:00Z.",
             target="updatedSince",
         )
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_utc(moment)
 
 
 def _top(value: str | None) -> int:

@@ -39,6 +39,7 @@ from shared.listing import ALL_ORGANIZATIONS, ListQuery, index_owner
 from shared.patching import JsonObject
 from shared.policy import Caller, can_see
 from shared.store import AlreadyExists, IndexEntry, ReferralStore, StoredReferral, WriteConflict, new_etag
+from shared.timestamps import format_utc, parse_utc, utc_now
 
 log = logging.getLogger("referrals.service")
 
@@ -179,7 +180,7 @@ def _is_leftover(row: IndexEntry, current: StoredReferral | None) -> bool:
     """Whether an index row that does not match its referral can be deleted without losing anything."""
     if current is not None and row.updated_date < current.updated_date:
         return True  # an earlier version's row: the current version has its own
-    written = datetime.fromisoformat(row.updated_date.replace("Z", "+00:00"))
+    written = parse_utc(row.updated_date)
     return datetime.now(UTC) - written > IN_FLIGHT_GRACE
 
 
@@ -202,11 +203,10 @@ def _stamp_after(current: StoredReferral | None) -> str:
     """The updatedDate for a write over `current`: now, taken after the read, and always later than
     `current`'s, so a writer that was slow to read (or a host whose clock lags) never dates its change
     before the version it replaces; `updatedSince` listings and the history order rely on it."""
-    now = editing.utc_now()
+    now = utc_now()
     if current is None or now > current.updated_date:
         return now
-    previous = datetime.fromisoformat(current.updated_date.replace("Z", "+00:00"))
-    return (previous + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_utc(parse_utc(current.updated_date) + timedelta(microseconds=1))
 
 
 def _back_off(attempt: int) -> None:

@@ -52,6 +52,7 @@ from shared.errors import ApiError, ConfigurationError, ServiceNotAvailable
 from shared.lazy import Lazy
 from shared.model import Limits
 from shared.settings import StorageSettings, settings
+from shared.timestamps import parse_utc
 
 log = logging.getLogger("referrals.store")
 
@@ -162,8 +163,7 @@ def newest_key_bound(updated_since: str) -> str:
 
 
 def _micros(timestamp: str) -> int:
-    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    delta = moment - _EPOCH
+    delta = parse_utc(timestamp) - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
