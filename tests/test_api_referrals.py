@@ -53,6 +53,9 @@ def test_get_with_matching_if_none_match_is_304_without_body(api: Api) -> None:
     assert reply.body == b""
     assert reply.headers["ETag"] == created.headers["ETag"]
     assert api.get(created.json["id"], headers={"If-None-Match": '"other"'}).status == 200
+    assert api.get(created.json["id"], headers={"If-None-Match": "*"}).status == 304
+    weak = api.get(created.json["id"], headers={"If-None-Match": "W/" + created.headers["ETag"]})
+    assert weak.status == 200, "a weak tag never matches a strong ETag"
 
 
 def test_update_merges_nested_objects_and_replaces_lists(api: Api) -> None:
