@@ -18,7 +18,7 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
 def _get_referral(call: Call) -> func.HttpResponse:
     caller = call.authenticate()
     referral_id = call.path_referral_id()
-    if call.etag_list("If-None-Match"):
+    if call.is_conditional_get():
         # A client polling with the ETag it holds is usually current: answer from the version alone.
         etag = service.current_etag(get_store(), caller, referral_id)
         if call.none_match(etag):

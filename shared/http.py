@@ -77,18 +77,24 @@ class Call:
             raise PayloadTooLarge(f"The request body is larger than {Limits.REQUEST_BODY_BYTES} bytes.")
         return parse_json(body)
 
-    def etag_list(self, header: str) -> list[str] | None:
-        """The entity tags of an If-Match / If-None-Match header; weak tags never match strongly."""
+    def if_match(self) -> list[str] | None:
+        """If-Match's entity tags, compared strongly (RFC 9110 13.1.1): a weak tag never matches."""
+        tags = self._entity_tags("If-Match")
+        return None if tags is None else [tag for tag in tags if not tag.startswith("W/")]
+
+    def is_conditional_get(self) -> bool:
+        return self._entity_tags("If-None-Match") is not None
+
+    def none_match(self, etag: str) -> bool:
+        """Whether If-None-Match names `etag` (or is `*`), compared weakly (RFC 9110 13.1.2): W/"x" is "x"."""
+        tags = [tag.removeprefix("W/") for tag in self._entity_tags("If-None-Match") or []]
+        return etag in tags or "*" in tags
+
+    def _entity_tags(self, header: str) -> list[str] | None:
         value = self.request.headers.get(header)
         if value is None:
             return None
-        tags = [tag.strip() for tag in value.split(",") if tag.strip()]
-        return [tag for tag in tags if not tag.startswith("W/")]
-
-    def none_match(self, etag: str) -> bool:
-        """Whether If-None-Match names `etag` (or is `*`): the caller's copy is current."""
-        tags = self.etag_list("If-None-Match") or []
-        return etag in tags or "*" in tags
+        return [tag.strip() for tag in value.split(",") if tag.strip()]
 
     def referral_response(self, stored: StoredReferral, status: int = 200) -> func.HttpResponse:
         headers = {"ETag": stored.etag}

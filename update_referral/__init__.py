@@ -16,5 +16,5 @@ def _update_referral(call: Call) -> func.HttpResponse:
     caller = call.authenticate()
     referral_id = call.path_referral_id()
     patch = canonicalize(call.json_body())
-    result = service.create_or_update(get_store(), caller, referral_id, patch, call.etag_list("If-Match"))
+    result = service.create_or_update(get_store(), caller, referral_id, patch, call.if_match())
     return call.referral_response(result.referral, status=201 if result.created else 200)
