@@ -65,6 +65,10 @@ class SigningKeys:
             may_refetch = self._fetched_at is None or now - self._fetched_at >= self._refetch_interval
             if stale or (kid not in self._keys and may_refetch):
                 self._refresh(now)
+            if not self._keys:
+                # Never loaded (the last fetch failed and the next may not run yet): the token may be
+                # perfectly valid, so this is the service's fault, not the caller's.
+                raise ServiceNotAvailable("Token signing keys cannot be loaded right now.")
             return self._keys.get(kid)
 
     def _refresh(self, now: float) -> None:
@@ -80,8 +84,6 @@ class SigningKeys:
         except (OSError, ValueError, jwt.PyJWTError) as error:
             log.warning(json.dumps({"event": "jwksFetchFailed", "error": type(error).__name__}))
             self._fetched_at = now  # rate-limits retries of a failing endpoint too
-            if not self._keys:
-                raise ServiceNotAvailable("Token signing keys cannot be loaded right now.") from None
             return
         self._keys = keys
         self._fetched_at = now

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from scripts.dev_tokens import SigningKey
 from shared.auth import SigningKeys, TokenValidator
-from shared.errors import AccessDenied, Unauthenticated
+from shared.errors import AccessDenied, ServiceNotAvailable, Unauthenticated
 from shared.settings import AuthSettings
 
 HOME = "11111111-1111-4111-8111-111111111111"
@@ -134,6 +134,23 @@ def test_new_signing_key_is_picked_up_after_the_refetch_interval(tmp_path: Path,
         validator.authenticate(bearer(rotated.token(PARTNER, audience=AUDIENCE, roles=["Referrals.Read"])))
     now[0] += 61
     assert validator.authenticate(bearer(rotated.token(PARTNER, audience=AUDIENCE, roles=["Referrals.Read"])))
+
+
+def test_keys_that_never_loaded_are_503_until_they_load_not_401(tmp_path: Path, key: SigningKey) -> None:
+    # A valid token must not be called invalid because the key endpoint failed: clients would drop it.
+    jwks = key.write(tmp_path)
+    hidden = jwks.rename(tmp_path / "hidden.json")
+    now = [0.0]
+    keys = SigningKeys(jwks.as_uri(), clock=lambda: now[0])
+    validator = TokenValidator(AuthSettings(AUDIENCE, HOME, frozenset({PARTNER}), "unused"), keys)
+    for moment in (0.0, 5.0, 59.0):
+        now[0] = moment
+        with pytest.raises(ServiceNotAvailable):
+            validator.authenticate(bearer(token(key)))
+    assert keys.fetch_count == 1  # a failing endpoint is still asked at most once a minute
+    hidden.rename(jwks)
+    now[0] = 61.0
+    assert validator.authenticate(bearer(token(key))).organization_id == PARTNER
 
 
 def test_validated_token_is_remembered_until_it_expires(
