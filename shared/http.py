@@ -146,8 +146,8 @@ class Call:
         return self.respond(error.status, body, {"x-ms-error-code": error.code, **error.headers})
 
     def _location(self, referral_id: str) -> str:
-        url = self.request.url.split("?", 1)[0]
-        base = url.rsplit("/", 1)[0] if url.rstrip("/").endswith(referral_id) else url.rstrip("/")
+        url = self.request.url.split("?", 1)[0].rstrip("/")
+        base = url.rsplit("/", 1)[0] if url.endswith(f"/{referral_id}") else url
         return f"{base}/{referral_id}"
 
 

@@ -6,8 +6,10 @@ import json
 import logging
 from typing import Any
 
+import azure.functions as func
 import pytest
 
+import update_referral
 from tests.conftest import HOME, PARTNER_A, PARTNER_B, Api, minimal_referral, new_id
 
 
@@ -36,6 +38,22 @@ def test_create_returns_201_with_location_etag_and_the_whole_referral(api: Api) 
     assert activity["action"] == "Created" and activity["toStatus"] == "Pending"
     assert activity["organizationId"] == PARTNER_A
     assert "fromStatus" not in activity
+
+
+def test_location_names_the_referral_once_whatever_the_request_url_ends_with(api: Api) -> None:
+    for suffix in ("/", "?code=key", "/?code=key"):
+        referral_id = new_id()
+        request = func.HttpRequest(
+            method="POST",
+            url=f"http://localhost:7071/api/v1/referrals/{referral_id}{suffix}",
+            headers={"Authorization": f"Bearer {api.token()}", "Content-Type": "application/json"},
+            params={},
+            route_params={"referralId": referral_id},
+            body=json.dumps(minimal_referral()).encode(),
+        )
+        response = update_referral.main(request)
+        assert response.status_code == 201
+        assert response.headers["Location"] == f"http://localhost:7071/api/v1/referrals/{referral_id}"
 
 
 def test_get_returns_what_post_returned_with_the_same_etag(api: Api) -> None:
