@@ -124,9 +124,9 @@ def _enum_input(enum_type: type[E]) -> Any:
     return BeforeValidator(coerce)
 
 
-# Text may hold any Unicode except unpaired surrogates (not storable) and control characters other
-# than tab, line feed and carriage return (they corrupt CRM exports and logs).
-_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# Text may hold any Unicode except unpaired surrogates (not storable) and control characters (C0,
+# DEL and C1) other than tab, line feed and carriage return (they corrupt CRM exports and logs).
+_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _plain_text(value: str) -> str:

@@ -320,7 +320,7 @@ def ecma(pattern: str) -> re.Pattern[str]:
 
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
-    ["", " ", "\t", "a\x00", "\x7f", "\u3000", "\u00a0x", "\x85", "\ufeff", "x\n", "\u2028", "ok"]
+    ["", " ", "\t", "a\x00", "\x7f", "\u3000", "\u00a0x", "\x85", "a\x9b", "\x80", "\ufeff", "x\n", "\u2028", "ok"]
 )
 
 
