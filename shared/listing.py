@@ -67,7 +67,7 @@ def _resume(query: ListQuery, token: str, caller: Caller) -> ListQuery:
     invalid = InvalidRequest("The skipToken is not valid for this caller and query.", target="skipToken")
     try:
         content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         raise invalid from None
     if not isinstance(content, dict) or not isinstance(content.get("k"), str):
         raise invalid

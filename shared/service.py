@@ -9,11 +9,13 @@ the referral, so one write cannot cover both. The order of writes makes a crash 
 harmless:
 
 1. Before the referral is written, each participant's index (and the admins' index) gets a row for
-   the new version, carrying that version's ETag.
+   the new version, keyed by and carrying that version's ETag (so racing writers never share a row).
 2. The referral is written, conditionally. Only now is the change visible, and only now does the
    request report success.
 3. The rows of the previous version are deleted, best effort, after the response (off the caller's
-   critical path; a process that stops first leaves rows that the next listing repairs).
+   critical path; a process that stops first leaves rows that the next listing repairs). A write that
+   storage reports as lost keeps its rows until a read shows whether it landed after all (a retried
+   request whose first response was lost reports its own success as a conflict).
 
 So the row of the referral's current version always exists: a successful write is never hidden.
 A listing reads index rows, then the referrals they name, and shows a referral only when the row's
@@ -59,6 +61,18 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class _UnsettledWrite:
+    """A write storage reported as lost. It may still have landed: a storage client that retries a
+    request whose response was lost gets 412/409 from its own first attempt. The next read settles it.
+    """
+
+    version: str
+    rows: list[IndexEntry]  # its index rows: deleted once it is known to have lost
+    superseded: list[IndexEntry]  # the previous version's rows: deleted once it is known to have won
+    created: bool
+
+
+@dataclass(frozen=True)
 class Page:
     referrals: list[StoredReferral]
     last_key: str | None  # where the next page starts; None on the last page
@@ -92,11 +106,20 @@ def create_or_update(
     if "id" in patch and patch["id"] != referral_id:
         raise InvalidRequest("The body's 'id' differs from the id in the path.", target="id")
 
+    unsettled: _UnsettledWrite | None = None
     for attempt in range(MAX_WRITE_ATTEMPTS):
         if attempt:
             _back_off(attempt)
         version = new_etag()
         current = store.read(referral_id)
+        if unsettled is not None:
+            if current is not None and current.etag == unsettled.version:
+                # The write reported as lost had landed: the storage client retried a request whose
+                # response was lost, and the retry found its own write. Report it as what it was.
+                store.delete_index_entries(unsettled.superseded, wait=False)
+                return WriteResult(current, created=unsettled.created)
+            store.delete_index_entries(unsettled.rows, wait=False)
+            unsettled = None
         now = _stamp_after(current)
         if current is None:
             if if_match is not None:
@@ -107,8 +130,9 @@ def create_or_update(
             try:
                 return WriteResult(store.create(referral_id, version, document, created_activity), created=True)
             except AlreadyExists:
-                store.delete_index_entries(rows, wait=False)
-                continue  # created concurrently: apply the request as an update of that one
+                # Created concurrently (or by this very write, if its response was lost): read again.
+                unsettled = _UnsettledWrite(version, rows, superseded=[], created=True)
+                continue
 
         if not can_see(caller, current.organizations):
             raise _not_found(referral_id)
@@ -123,17 +147,14 @@ def create_or_update(
             return WriteResult(current, created=False)
         updated, new_activity = change
         rows = _index_entries(referral_id, version, updated)
+        superseded = _index_entries(referral_id, current.etag, document)
         store.put_index_entries(rows)
         try:
             written = store.replace(current, version, updated, [*shown, new_activity])
         except WriteConflict:
-            store.delete_index_entries(rows, wait=False)
+            unsettled = _UnsettledWrite(version, rows, superseded, created=False)
             continue
-        kept = {(row.partition_key, row.row_key) for row in rows}
-        previous = _index_entries(referral_id, current.etag, document)
-        store.delete_index_entries(
-            [row for row in previous if (row.partition_key, row.row_key) not in kept], wait=False
-        )
+        store.delete_index_entries(superseded, wait=False)
         return WriteResult(written, created=False)
 
     log.warning(json.dumps({"event": "writeContention", "referralId": referral_id}))

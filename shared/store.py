@@ -1,7 +1,7 @@
 """Table Storage repository for referrals: the only module that speaks azure.data.tables.
 
 Layout, one partition per referral (PartitionKey = the referral id, which cannot contain the ':' that
-the organization index partitions of `shared.index` start with):
+the organization index partitions below start with):
 
 - RowKey `referral`: the referral itself. `Body*` holds the JSON exactly as GET returns it (the
   referral and its newest 100 activities), split into string properties because one property holds
@@ -152,14 +152,20 @@ def index_partition(organization: str) -> str:
     return f"{INDEX_PARTITION_PREFIX}{organization}"
 
 
-def index_row_key(updated_date: str, referral_id: str) -> str:
-    """Newest first in RowKey order: 10^17 minus the microseconds of updatedDate, then the id."""
-    return f"{_KEY_BASE - _micros(updated_date):017d}:{referral_id}"
+def index_row_key(updated_date: str, referral_id: str, version: str) -> str:
+    """Newest first in RowKey order: 10^17 minus the microseconds of updatedDate, then the id, then
+    the version. Two writers racing on one referral can stamp the same updatedDate (see
+    `shared.service._stamp_after`); the version keeps their rows apart, so the loser removing its
+    own rows never removes the winner's."""
+    unquoted = version.strip('"')
+    return f"{_KEY_BASE - _micros(updated_date):017d}:{referral_id}:{unquoted}"
 
 
-def newest_key_bound(updated_since: str) -> str:
-    """Index RowKeys below this bound belong to versions updated at or after `updated_since`."""
-    return f"{_KEY_BASE - _micros(updated_since) + 1:017d}"
+def newest_key_bound(updated_since: str) -> str | None:
+    """Index RowKeys below this bound belong to versions updated at or after `updated_since`; None
+    when every row does (a bound at or before the epoch would not fit the key's 17 digits)."""
+    bound = _KEY_BASE - _micros(updated_since) + 1
+    return f"{bound:017d}" if bound < _KEY_BASE else None
 
 
 def _micros(timestamp: str) -> int:
@@ -187,7 +193,7 @@ class IndexEntry:
 
     @property
     def row_key(self) -> str:
-        return index_row_key(self.updated_date, self.referral_id)
+        return index_row_key(self.updated_date, self.referral_id, self.version)
 
     def entity(self) -> dict[str, Any]:
         return {
@@ -347,7 +353,7 @@ class ReferralStore:
         parameters: dict[str, Any] = {
             "pk": index_partition(organization),
             "after": after_key or "",
-            "before": newest_key_bound(updated_since) if updated_since else "~",
+            "before": (newest_key_bound(updated_since) if updated_since else None) or "~",
         }
         if status:
             conditions.append("Status eq @status")

@@ -15,7 +15,7 @@ import pytest
 
 import get_referral
 from shared import service
-from shared.store import ReferralStore, get_store
+from shared.store import AlreadyExists, ReferralStore, WriteConflict, get_store
 from tests.conftest import PARTNER_A, PARTNER_B, Api, Reply, minimal_referral, new_id, reset_process_state
 
 
@@ -208,3 +208,94 @@ def test_rows_of_a_create_that_crashed_are_removed_once_older_than_any_request(
     monkeypatch.setattr(service, "IN_FLIGHT_GRACE", service.timedelta(0))
     assert ids(list_page(api)) == []
     assert eventually(lambda: index_row_count(PARTNER_A) == 0)
+
+
+def cleanup_in_line(patched: pytest.MonkeyPatch) -> None:
+    """Run the index clean-up before the response, so what a test then lists no longer depends on timing."""
+    delete = ReferralStore.delete_index_entries
+
+    def delete_now(self: ReferralStore, entries: list[Any], wait: bool = True) -> None:
+        delete(self, entries, wait=True)
+
+    patched.setattr(ReferralStore, "delete_index_entries", delete_now)
+
+
+@pytest.mark.parametrize("if_match", [True, False], ids=["with If-Match", "without If-Match"])
+def test_a_write_whose_response_was_lost_is_reported_as_done_and_stays_listed(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch, if_match: bool
+) -> None:
+    # The storage client retries a request whose response was lost; the retry meets the write its
+    # first attempt made, so storage answers 412 for a write that landed.
+    referral_id = create(api)
+    headers = {"If-Match": api.get(referral_id).headers["ETag"]} if if_match else {}
+    replace = ReferralStore.replace
+
+    def landed_then_reported_lost(self: ReferralStore, current: Any, *args: Any) -> Any:
+        replace(self, current, *args)
+        raise WriteConflict(current.referral_id)
+
+    with monkeypatch.context() as patched:
+        cleanup_in_line(patched)
+        patched.setattr(ReferralStore, "replace", landed_then_reported_lost)
+        reply = api.post(referral_id, {"status": "Active"}, headers=headers)
+    assert reply.status == 200, reply.body
+    assert reply.json["status"] == "Active"
+    assert api.get(referral_id).headers["ETag"] == reply.headers["ETag"]
+    assert ids(list_page(api, status="Active")) == [referral_id]
+    assert index_row_count(PARTNER_A) == 1  # the new version's row kept, the previous one's removed
+
+
+def test_a_create_whose_response_was_lost_is_reported_as_created_and_listed(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_entity = ReferralStore.create
+
+    def landed_then_reported_taken(self: ReferralStore, referral_id: str, *args: Any) -> Any:
+        create_entity(self, referral_id, *args)
+        raise AlreadyExists(referral_id)
+
+    referral_id = new_id()
+    with monkeypatch.context() as patched:
+        cleanup_in_line(patched)
+        patched.setattr(ReferralStore, "create", landed_then_reported_taken)
+        reply = api.post(referral_id, minimal_referral())
+    assert reply.status == 201, reply.body
+    assert ids(list_page(api)) == [referral_id]
+    assert index_row_count(PARTNER_A) == 1
+
+
+def test_racing_writers_stamping_the_same_updated_date_keep_the_winners_rows(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    referral_id = create(api)
+    # Every clock behind the stored date: both writers stamp it plus one microsecond.
+    monkeypatch.setattr(service, "utc_now", lambda: "2000-01-01T00:00:00.000000Z")
+    replace = ReferralStore.replace
+    raced: list[int] = []
+
+    def another_writer_wins_first(self: ReferralStore, *args: Any) -> Any:
+        if not raced:
+            raced.append(0)  # before the other writer's own replace comes through here
+            raced[0] = api.post(referral_id, {"status": "Active"}).status
+        return replace(self, *args)
+
+    with monkeypatch.context() as patched:
+        cleanup_in_line(patched)
+        patched.setattr(ReferralStore, "replace", another_writer_wins_first)
+        reply = api.post(referral_id, {"status": "Active"})
+    assert raced == [200] and reply.status == 200
+    # The loser removed its own rows, not the winner's: the referral is still listed, as it is stored.
+    assert ids(list_page(api, status="Active")) == [referral_id]
+    assert index_row_count(PARTNER_A) == 1
+
+
+@pytest.mark.parametrize("since", ["1970-01-01T00:00:00Z", "1970-01-01T00:00:00.000001Z", "1970-01-01T00:00:00+05:00"])
+def test_updated_since_at_or_before_the_epoch_lists_everything(api: Api, fresh_table: None, since: str) -> None:
+    referral_id = create(api)
+    assert ids(list_page(api, updatedSince=since)) == [referral_id]
+
+
+def test_a_skip_token_nested_past_the_parser_limit_is_400(api: Api, fresh_table: None) -> None:
+    nested = base64.urlsafe_b64encode(b"[" * 5000).decode().rstrip("=")
+    reply = list_page(api, skipToken=nested)
+    assert reply.status == 400 and reply.error_code == "invalidRequest"
