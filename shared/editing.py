@@ -30,25 +30,33 @@ SERVER_MANAGED = ("id", "createdDate", "updatedDate")
 def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tuple[JsonObject, JsonObject]:
     """A new referral from a request, and its Created activity."""
     for name in ("createdDate", "updatedDate", "activities"):
-        if name in patch:
+        if patch.get(name) is not None:
             raise InvalidRequest(f"'{name}' is set by the service.", target=name)
     creator = {
         "id": _new_participant_id(),
         "organizationId": caller.organization_id,
         "status": ParticipantStatus.ACCEPTED.value,
     }
-    requested = {key: value for key, value in patch.items() if key not in ("id", "participants")}
+    # Merged onto nothing, so a null is what it is on every other write: the property left out.
+    requested = merge_patch({}, {key: value for key, value in patch.items() if key not in ("id", "participants")})
+    invited = patch.get("participants")
+    invited = [] if invited is None else invited
     document: JsonObject = {
         "id": referral_id,
         "createdDate": now,
         "updatedDate": now,
         "status": ReferralStatus.PENDING.value,
         **requested,
-        "participants": merge_participants(caller, [creator], patch.get("participants", []), creator["id"]),
+        "participants": merge_participants(caller, [creator], invited, creator["id"]),
     }
-    if "referralSource" not in patch:
+    if "referralSource" not in requested:
         raise InvalidRequest("'referralSource' is required to create a referral.", target="referralSource")
     referral = validate(document)
+    if referral.participants[0].status != ParticipantStatus.ACCEPTED:
+        position = next(i for i, entry in enumerate(invited) if entry["organizationId"] == caller.organization_id)
+        raise InvalidRequest(
+            "The creating organization is an Accepted participant.", target=f"participants[{position}].status"
+        )
     check_transition(None, referral.status)
     check_create(caller, referral)
     created = referral.to_json_dict()
@@ -81,14 +89,15 @@ def update(
             caller, current["participants"], patch["participants"], mine["id"] if mine else None
         )
     after = validate(merged)
-    if after == before:
+    stored, result = before.to_json_dict(), after.to_json_dict()
+    if result == stored:  # compared as stored, so {"details": {}} over no details is no change either
         return None
     check_update(caller, before, after)
     check_transition(before.status, after.status)
 
-    updated = after.model_copy(update={"updatedDate": now}).to_json_dict()
+    updated = {**result, "updatedDate": now}
     _check_size(updated)
-    changes = changed_paths(_tracked(before.to_json_dict()), _tracked(updated))
+    changes = changed_paths(_tracked(stored), _tracked(updated))
     return updated, activity(caller, ActivityAction.UPDATED, before.status, after, changes, now)
 
 
@@ -111,7 +120,7 @@ def merge_participants(
         if not isinstance(organization, str):
             raise InvalidRequest("A participant needs its organizationId.", target=f"{path}.organizationId")
         if organization in seen:
-            raise InvalidRequest(f"Organization {organization} is listed twice.", target=f"{path}.organizationId")
+            raise InvalidRequest("This organization is listed twice.", target=f"{path}.organizationId")
         seen.add(organization)
         if organization in index_of:
             existing = result[index_of[organization]]

@@ -142,7 +142,12 @@ class Call:
         return func.HttpResponse(body=body, status_code=status, headers=all_headers)
 
     def error_response(self, error: ApiError) -> func.HttpResponse:
-        body = json.dumps(error.to_body(), ensure_ascii=False).encode("utf-8")
+        try:
+            body = json.dumps(error.to_body(), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            # A property name echoed from the request holds an unpaired surrogate (legal as a JSON
+            # escape, not encodable as UTF-8): send it escaped, as it came.
+            body = json.dumps(error.to_body()).encode("ascii")
         return self.respond(error.status, body, {"x-ms-error-code": error.code, **error.headers})
 
     def _location(self, referral_id: str) -> str:

@@ -163,7 +163,9 @@ def _email_problem(value: str) -> str | None:
         # Syntax only: a CRM must be able to store an address whose domain is down today.
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as error:
-        return str(error)
+        # The first clause only: what follows a colon or parenthesis quotes characters of the address,
+        # and error messages name properties, never values.
+        return re.split(r"[:(]", str(error), maxsplit=1)[0].strip(" .")
     return None
 
 
@@ -190,9 +192,13 @@ def _currency(value: str) -> str:
 
 
 def _iso_date(value: str) -> str:
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        raise ValueError("must be a date as YYYY-MM-DD")
-    date.fromisoformat(value)
+    invalid = ValueError("must be a date as YYYY-MM-DD")
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        raise invalid
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise invalid from None  # its message would quote the value
     return value
 
 
@@ -223,7 +229,22 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
     def to_json_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        return _without_empty_objects(self.model_dump(mode="json", exclude_none=True))
+
+
+def _without_empty_objects(document: dict[str, Any]) -> dict[str, Any]:
+    """An optional object with nothing in it (`"details": {}`) is the same as none: stored, returned
+    and compared as absent, so sending one changes nothing."""
+    result: dict[str, Any] = {}
+    for name, value in document.items():
+        if isinstance(value, dict):
+            value = _without_empty_objects(value)
+            if not value:
+                continue
+        elif isinstance(value, list):
+            value = [_without_empty_objects(item) if isinstance(item, dict) else item for item in value]
+        result[name] = value
+    return result
 
 
 class Contact(ApiModel):

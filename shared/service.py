@@ -103,7 +103,7 @@ def create_or_update(
     """Apply `patch` to the referral, creating it when absent. `if_match`: the ETags the caller allows."""
     if not caller.can_write:
         raise AccessDenied("This token does not grant Referrals.ReadWrite.")
-    if "id" in patch and patch["id"] != referral_id:
+    if patch.get("id") is not None and patch["id"] != referral_id:
         raise InvalidRequest("The body's 'id' differs from the id in the path.", target="id")
 
     unsettled: _UnsettledWrite | None = None

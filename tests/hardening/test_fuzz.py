@@ -96,7 +96,9 @@ def send_and_check(case: Case, live: LiveHost, run: str) -> None:
     if case.method == "POST" and mode == GenerationMode.POSITIVE and not _is_complete_referral(case.body):
         # A valid patch that is not a whole new referral: apply it to one that exists.
         referral_id = f"fuzz-{uuid.uuid4().hex}"
-        created = live.request("POST", f"/v1/referrals/{referral_id}", json=minimal_referral(), headers=live.headers())
+        # With a currency, as a referral with a dealValue has one: a patch may then send dealValue alone.
+        existing = minimal_referral(details={"currency": "EUR"})
+        created = live.request("POST", f"/v1/referrals/{referral_id}", json=existing, headers=live.headers())
         assert created.status_code == 201, created.text
         case.path_parameters["referralId"] = referral_id
     if (
@@ -107,6 +109,12 @@ def send_and_check(case: Case, live: LiveHost, run: str) -> None:
         # Each organization at most once: JSON Schema cannot say "unique by organizationId".
         unique = {p.get("organizationId"): p for p in reversed(case.body["participants"]) if isinstance(p, dict)}
         case.body["participants"] = [p for p in case.body["participants"] if unique.get(p.get("organizationId")) is p]
+    if case.method == "POST" and mode == GenerationMode.POSITIVE and _is_complete_referral(case.body):
+        details = case.body.get("details")
+        if isinstance(details, dict) and isinstance(details.get("dealValue"), int | float):
+            # A new referral with a dealValue needs a currency: checked after merging, which JSON
+            # Schema cannot say of a body that both creates and patches.
+            details.setdefault("currency", "EUR")
     if mode == GenerationMode.POSITIVE and case.query and "skipToken" in case.query:
         # A page token is only ever one the API minted for this caller (any other is 400, which
         # test_cross_organization.py covers): a made-up one is not valid data.
@@ -194,10 +202,10 @@ ENUM_POSITIONS = {
 
 
 def same(sent: Any, returned: Any) -> bool:
-    """Equal, up to what the contract makes equivalent: null is absent, and an enum is given by name in
-    any case or by position but returned by name."""
+    """Equal, up to what the contract makes equivalent: null and an object with nothing in it are
+    absent, and an enum is given by name in any case or by position but returned by name."""
     if isinstance(sent, dict) and isinstance(returned, dict):
-        present = {key: value for key, value in sent.items() if value is not None}
+        present = {key: value for key, value in sent.items() if not absent(value)}
         return present.keys() == returned.keys() and all(same(present[key], returned[key]) for key in present)
     if isinstance(sent, list) and isinstance(returned, list):
         return len(sent) == len(returned) and all(same(a, b) for a, b in zip(sent, returned, strict=True))
@@ -209,6 +217,10 @@ def same(sent: Any, returned: Any) -> bool:
         by_position = type(sent) in (int, float) and sent == position  # 2.0 is the position 2
         return by_name or by_position
     return False
+
+
+def absent(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(absent(item) for item in value.values()))
 
 
 def rejected_or_round_trips(document: Any) -> bool:

@@ -166,7 +166,15 @@ BAD_BODIES: dict[str, tuple[bytes, int, str | None]] = {
         400,
         "customerProfile.name",
     ),
+    "a lone surrogate in a property name": (b'{"referralSource":"P2P","x\\ud800":1}', 400, "x\ud800"),
+    "a lone surrogate in a repeated organization": (
+        b'{"referralSource":"P2P","customerProfile":{"name":"C"},'
+        b'"participants":[{"organizationId":"\\udc00"},{"organizationId":"\\udc00"}]}',
+        400,
+        "participants[1].organizationId",
+    ),
     "a control character": (json.dumps(minimal_referral(additionalInformation="a\x07b")).encode(), 400, None),
+    "a C1 control character": (json.dumps(minimal_referral(additionalInformation="a\x9bb")).encode(), 400, None),
     "an unknown property": (json.dumps(minimal_referral(__proto__={"admin": True})).encode(), 400, "__proto__"),
 }
 

@@ -89,6 +89,63 @@ def test_update_without_change_is_none() -> None:
     assert editing.update(PARTNER, document, [], {"status": "pending", "customerProfile": {"name": "C"}}, LATER) is None
 
 
+def test_an_empty_object_is_the_same_as_none() -> None:
+    document = created()
+    for details in ({}, {"notes": None}):
+        assert editing.update(PARTNER, document, [], {"details": details}, LATER) is None
+    with_address = created(customerProfile={"name": "C", "address": {}})
+    assert "address" not in with_address["customerProfile"]
+    updated, _ = editing.update(PARTNER, created(details={"notes": "n"}), [], {"details": {"notes": None}}, LATER) or (
+        {},
+        {},
+    )
+    assert "details" not in updated
+
+
+def test_a_create_ignores_nulls() -> None:
+    document = created(
+        status=None,
+        details=None,
+        participants=None,
+        createdDate=None,
+        activities=None,
+        customerProfile={"name": "C", "address": None},
+    )
+    assert document["status"] == "Pending"
+    assert "details" not in document and "address" not in document["customerProfile"]
+    assert [p["organizationId"] for p in document["participants"]] == [A]
+    with pytest.raises(InvalidRequest, match="referralSource"):
+        editing.create(PARTNER, "r2", {"referralSource": None, "customerProfile": {"name": "C"}}, NOW)
+
+
+@pytest.mark.parametrize("status", ["Rejected", "Invited", "Missed", 2])
+def test_the_creator_cannot_give_itself_another_status_than_accepted(status: object) -> None:
+    participants = [{"organizationId": B}, {"organizationId": A, "status": status}]
+    with pytest.raises(InvalidRequest) as raised:
+        created(participants=participants)
+    assert raised.value.target == "participants[1].status"
+    users = [{"firstName": "Ada"}]
+    document = created(participants=[{"organizationId": A, "status": "Accepted", "users": users}])
+    assert document["participants"][0]["status"] == "Accepted" and document["participants"][0]["users"] == users
+
+
+def test_error_messages_name_properties_not_values() -> None:
+    for details in ({"closingDate": "\u0662\u0660\u0662\u0666-01-01"}, {"closingDate": "2026-02-30"}):
+        with pytest.raises(InvalidRequest) as raised:
+            editing.update(PARTNER, created(), [], {"details": details}, LATER)
+        assert details["closingDate"] not in raised.value.message
+    for email in ("secret\x82@example.com", "a@exa_mple.com", "a@[1.2.3.999]"):
+        with pytest.raises(InvalidRequest) as raised:
+            patch = {"participants": [{"organizationId": A, "users": [{"email": email}]}]}
+            editing.update(PARTNER, created(), [], patch, LATER)
+        assert "email address" in raised.value.message
+        assert "\x82" not in raised.value.message and "exa_mple" not in raised.value.message
+        assert "999" not in raised.value.message and "'_'" not in raised.value.message
+    with pytest.raises(InvalidRequest) as raised:
+        created(participants=[{"organizationId": B}, {"organizationId": B}])
+    assert B not in raised.value.message and raised.value.target == "participants[1].organizationId"
+
+
 def test_update_sets_updated_date_and_describes_the_change() -> None:
     document = created()
     updated, activity = editing.update(PARTNER, document, [], {"status": "Active"}, LATER) or ({}, {})
