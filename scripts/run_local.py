@@ -6,6 +6,7 @@ serves the same function folders. Azurite keeps its data under .azurite/ (git-ig
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,6 +29,17 @@ def ensure_local_settings() -> None:
         example = (ROOT / "local.settings.example.json").read_text()
         target.write_text(example.replace("__PROJECT_ROOT__", str(ROOT)))
         print(f"Wrote {target.name} from local.settings.example.json")
+        return
+    # The file is the developer's to edit, so it is kept; but a clone that moved leaves its signing
+    # key path pointing at the old place, and then every request would fail: point it here again.
+    content = json.loads(target.read_text())
+    values = content.get("Values", {})
+    jwks = values.get("AUTH_JWKS_URI", "")
+    here = (ROOT / ".local" / "dev-jwks.json").as_uri()
+    if jwks.startswith("file://") and jwks != here and jwks.endswith("/.local/dev-jwks.json"):
+        values["AUTH_JWKS_URI"] = here
+        target.write_text(json.dumps(content, indent=2) + "\n")
+        print(f"{target.name}: AUTH_JWKS_URI pointed at another copy of the project; now at {here}")
 
 
 def port_in_use(port: int) -> bool:
@@ -50,8 +62,13 @@ def start_azurite() -> subprocess.Popen[bytes] | None:
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-    for port in AZURITE_PORTS:
-        wait_for_port(port)
+    try:
+        for port in AZURITE_PORTS:
+            wait_for_port(port)
+    except BaseException:
+        process.terminate()
+        process.wait(timeout=10)
+        raise
     print(f"Azurite is running (data in .azurite/, log in {log.relative_to(ROOT)}).")
     return process
 
@@ -86,9 +103,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     ensure_local_settings()
     SigningKey.load_or_create()  # the JWKS local.settings.json points at
-    azurite = start_azurite()
-    if port_in_use(API_PORT):
+    if port_in_use(API_PORT):  # checked first: nothing to clean up yet
         sys.exit(f"Port {API_PORT} is taken; stop whatever serves it and run `make run` again.")
+    azurite = start_azurite()
     print_instructions()
     func = shutil.which("func")
     if func:
