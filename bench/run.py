@@ -94,18 +94,20 @@ class StorageActivity:
             return original_send(adapter, request, *args, **kwargs)
 
         HTTPAdapter.send = send  # type: ignore[method-assign,assignment]
-        executor = getattr(store, "_executor", None)
-        if isinstance(executor, ThreadPoolExecutor):
-            original_submit = executor.submit
+        for name in ("_executor", "_cleanup_executor"):
+            executor = getattr(store, name, None)
+            if isinstance(executor, ThreadPoolExecutor):
+                executor.submit = self._tracked(executor.submit)  # type: ignore[method-assign]
+                self.tracks_background = True
 
-            def submit(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-                future = original_submit(function, *args, **kwargs)
-                with self._lock:
-                    self._pending.add(future)
-                return future
+    def _tracked(self, original_submit: Callable[..., Future[Any]]) -> Callable[..., Future[Any]]:
+        def submit(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future = original_submit(function, *args, **kwargs)
+            with self._lock:
+                self._pending.add(future)
+            return future
 
-            executor.submit = submit  # type: ignore[method-assign]
-            self.tracks_background = True
+        return submit
 
     def settle(self) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -23,6 +24,9 @@ MAX_TOP = 100
 # Query parameters a caller may send; `code` is the Functions key, which the host passes along.
 _ALLOWED_PARAMETERS = {"status", "referralsource", "updatedsince", "top", "skiptoken", "code"}
 ALL_ORGANIZATIONS = "all"
+# The shape of an index RowKey (`shared.store.index_row_key`): a token's position must be one, so an
+# edited token is refused here rather than reaching the storage query.
+_ROW_KEY = re.compile(r"[0-9]{17}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def _resume(query: ListQuery, token: str, caller: Caller) -> ListQuery:
         content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (ValueError, binascii.Error, RecursionError):  # RecursionError: "[[[[..." nested past the limit
         raise invalid from None
-    if not isinstance(content, dict) or not isinstance(content.get("k"), str):
+    if not isinstance(content, dict) or not isinstance(content.get("k"), str) or not _ROW_KEY.fullmatch(content["k"]):
         raise invalid
     # Bound to the caller: the partition read is always the caller's own, and a token minted for
     # another organization (or edited to name one) is refused rather than quietly re-scoped.

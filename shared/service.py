@@ -177,24 +177,37 @@ def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Pa
         referral_source=query.referral_source,
         page_size=query.top + 1,
     )
-    for rows in pages:
+    for rows, more_rows in pages:
         referrals = store.read_many([row.referral_id for row in rows])
         stale: list[IndexEntry] = []
         try:
-            for row in rows:
-                if len(found) == query.top or examined >= query.top * MAX_ROWS_EXAMINED_PER_ITEM:
-                    return Page(found, last_key)  # rows remain: the next page starts after the last seen
+            for position, row in enumerate(rows):
+                if examined >= query.top * MAX_ROWS_EXAMINED_PER_ITEM:
+                    return Page(found, last_key)  # a short page: rows remain, the next page starts after
                 examined += 1
                 last_key = row.row_key
                 current = referrals[row.referral_id]
-                if current is not None and current.etag == row.version:
-                    if owner == ALL_ORGANIZATIONS or can_see(caller, current.organizations):
-                        found.append(current)
+                shown = _shown(row, current, caller, owner)
+                if shown is not None:
+                    found.append(shown)
+                    if len(found) == query.top:
+                        # A next page only if something could be on it: the rows read with this one
+                        # (already verified for free) or rows storage has not sent yet.
+                        rest = rows[position + 1 :]
+                        more = more_rows or any(_shown(r, referrals[r.referral_id], caller, owner) for r in rest)
+                        return Page(found, last_key if more else None)
                 elif _is_leftover(row, current):
                     stale.append(row)
         finally:
             store.delete_index_entries(stale, wait=False)
     return Page(found, None)
+
+
+def _shown(row: IndexEntry, current: StoredReferral | None, caller: Caller, owner: str) -> StoredReferral | None:
+    """The referral a listing shows for a row: only its current version, and only to those who may see it."""
+    if current is None or current.etag != row.version:
+        return None
+    return current if owner == ALL_ORGANIZATIONS or can_see(caller, current.organizations) else None
 
 
 def _is_leftover(row: IndexEntry, current: StoredReferral | None) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -322,8 +323,9 @@ class ReferralStore:
     def delete_index_entries(self, entries: list[IndexEntry], *, wait: bool = True) -> None:
         """Best effort: a row left behind is recognised as stale and repaired by a later listing.
 
-        With `wait=False` the deletes run on the process's storage threads after the response has
-        gone: cleanup is never on a caller's critical path.
+        With `wait=False` the deletes run after the response has gone, on clean-up threads of their
+        own with a bounded backlog: clean-up is never on a caller's critical path, and slow storage
+        can neither make it queue without end nor let it take the threads requests read with.
         """
 
         def delete(entry: IndexEntry) -> None:
@@ -334,9 +336,19 @@ class ReferralStore:
 
         if wait:
             _in_parallel(delete, entries)
-        else:
-            for entry in entries:
-                _executor.submit(delete, entry)
+            return
+
+        def delete_in_background(entry: IndexEntry) -> None:
+            try:
+                delete(entry)
+            finally:
+                _cleanup_slots.release()
+
+        for queued, entry in enumerate(entries):
+            if not _cleanup_slots.acquire(blocking=False):
+                log.warning(to_json({"event": "indexCleanupSkipped", "rows": len(entries) - queued}))
+                return
+            _cleanup_executor.submit(delete_in_background, entry)
 
     def scan_index(
         self,
@@ -347,8 +359,9 @@ class ReferralStore:
         status: str | None,
         referral_source: str | None,
         page_size: int,
-    ) -> Iterator[list[IndexEntry]]:
-        """Index rows of one organization, newest first, a page at a time: one range query."""
+    ) -> Iterator[tuple[list[IndexEntry], bool]]:
+        """Index rows of one organization, newest first, a page at a time: one range query. Each page
+        comes with whether storage holds more rows after it."""
         conditions = ["PartitionKey eq @pk", "RowKey gt @after", "RowKey lt @before"]
         parameters: dict[str, Any] = {
             "pk": index_partition(organization),
@@ -362,11 +375,13 @@ class ReferralStore:
             conditions.append("ReferralSource eq @source")
             parameters["source"] = referral_source
         with _storage_faults("index scan"):
-            pages = self._table.query_entities(
+            # A PageIterator (typed as a plain Iterator): after each page it holds the next one's token.
+            pages: Any = self._table.query_entities(
                 " and ".join(conditions), parameters=parameters, results_per_page=page_size
             ).by_page()
             for page in pages:
-                yield [IndexEntry.from_entity(organization, row) for row in page]
+                rows = [IndexEntry.from_entity(organization, row) for row in page]
+                yield rows, pages.continuation_token is not None
 
     def history(self, referral_id: str) -> list[dict[str, Any]]:
         """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""
@@ -459,6 +474,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 # Index writes and listing reads fan out over partitions; the pool is shared by the process.
 _executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="referrals-storage")
+# Deletes of superseded index rows, after responses. A row skipped when the backlog is full stays
+# until a listing meets it and repairs it.
+CLEANUP_BACKLOG = 256
+_cleanup_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="referrals-cleanup")
+_cleanup_slots = threading.BoundedSemaphore(CLEANUP_BACKLOG)
 
 
 def _in_parallel(function: Callable[[T], R], items: list[T]) -> list[R]:

@@ -52,7 +52,7 @@ def index_row_count(organization: str) -> int:
     pages = get_store().scan_index(
         organization, after_key=None, updated_since=None, status=None, referral_source=None, page_size=100
     )
-    return sum(len(page) for page in pages)
+    return sum(len(rows) for rows, _ in pages)
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -299,3 +299,33 @@ def test_a_skip_token_nested_past_the_parser_limit_is_400(api: Api, fresh_table:
     nested = base64.urlsafe_b64encode(b"[" * 5000).decode().rstrip("=")
     reply = list_page(api, skipToken=nested)
     assert reply.status == 400 and reply.error_code == "invalidRequest"
+
+
+def test_no_next_link_when_only_leftover_rows_follow_a_full_page(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = create(api), create(api)
+    with monkeypatch.context() as patched:
+        patched.setattr(ReferralStore, "delete_index_entries", lambda *_args, **_kwargs: None)
+        assert api.post(first, {"status": "Active"}).status == 200  # its earlier row stays, sorting last
+    page = list_page(api, top="2")
+    assert ids(page) == [first, second]
+    assert "nextLink" not in page.json
+
+
+def test_a_skip_token_whose_position_is_not_a_row_key_is_400(api: Api, fresh_table: None) -> None:
+    for _ in range(3):
+        create(api)
+    link = list_page(api, top="1").json["nextLink"]
+    token = dict(parse_qsl(urlsplit(link).query))["skipToken"]
+    content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+
+    def edited(position: str) -> str:
+        raw = json.dumps({**content, "k": position}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    for position in ("\ud800", "", "x", "' or 1 eq 1", content["k"] + "\u0000"):
+        reply = list_page(api, top="1", skipToken=edited(position))
+        assert reply.status == 400 and reply.error_code == "invalidRequest", position
+    # A position of the right shape only moves within the caller's own index.
+    assert list_page(api, top="1", skipToken=edited("0" * 17 + ":a:b")).status == 200
