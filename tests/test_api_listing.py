@@ -329,3 +329,19 @@ def test_a_skip_token_whose_position_is_not_a_row_key_is_400(api: Api, fresh_tab
         assert reply.status == 400 and reply.error_code == "invalidRequest", position
     # A position of the right shape only moves within the caller's own index.
     assert list_page(api, top="1", skipToken=edited("0" * 17 + ":a:b")).status == 200
+
+
+def test_a_page_examines_a_bounded_number_of_rows(api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    referral_id = create(api)
+
+    def crash(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("process died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReferralStore, "replace", crash)
+        for attempt in range(service.MAX_ROWS_EXAMINED_PER_ITEM + 2):
+            # Each failed write leaves rows newer than the referral, kept while a write may be in flight.
+            assert api.post(referral_id, {"additionalInformation": f"attempt {attempt}"}).status == 500
+    first = list_page(api, top="1")
+    assert ids(first) == [] and "nextLink" in first.json  # a short page, not a scan of everything
+    assert ids(follow(api, first.json["nextLink"])) == [referral_id]

@@ -137,3 +137,25 @@ def test_read_only_token_cannot_post(api: Api) -> None:
 def test_delegated_scope_grants_like_a_role(api: Api) -> None:
     token = api.key.token(PARTNER_A, roles=None, scopes="Referrals.ReadWrite")
     assert api.post(new_id(), minimal_referral(), token).status == 201
+
+
+def test_an_accepted_partner_cannot_change_its_own_participant_status(api: Api) -> None:
+    referral = create_with_invitee(api)
+    invitee = api.token(PARTNER_B)
+    accept = {"participants": [{"organizationId": PARTNER_B, "status": "Accepted"}]}
+    assert api.post(referral["id"], accept, invitee).status == 200
+    for status in ("Rejected", "Expired", "Invited"):
+        patch = {"participants": [{"organizationId": PARTNER_B, "status": status}]}
+        assert api.post(referral["id"], patch, invitee).status == 403, status
+    creator = {"participants": [{"organizationId": PARTNER_A, "status": "Rejected"}]}
+    assert api.post(referral["id"], creator).status == 403
+    after = api.get(referral["id"]).json
+    assert entry(after, PARTNER_A)["status"] == "Accepted" and entry(after, PARTNER_B)["status"] == "Accepted"
+
+
+def test_an_invited_partner_answering_cannot_also_edit_its_entry(api: Api) -> None:
+    referral = create_with_invitee(api)
+    patch = {"participants": [{"organizationId": PARTNER_B, "status": "Accepted", "users": [{"firstName": "Bo"}]}]}
+    assert api.post(referral["id"], patch, api.token(PARTNER_B)).status == 403
+    stored = entry(api.get(referral["id"]).json, PARTNER_B)
+    assert stored["status"] == "Invited" and "users" not in stored

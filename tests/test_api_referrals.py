@@ -10,6 +10,8 @@ import azure.functions as func
 import pytest
 
 import update_referral
+from shared import service
+from shared.store import ReferralStore
 from tests.conftest import HOME, PARTNER_A, PARTNER_B, Api, minimal_referral, new_id
 
 
@@ -309,3 +311,57 @@ def test_each_request_logs_one_structured_line_without_customer_data(
     ]
     everything = " ".join(record.getMessage() for record in caplog.records)
     assert secret_email not in everything and "Hidden Name" not in everything
+
+
+def test_if_match_star_updates_an_existing_referral(api: Api) -> None:
+    referral_id = create(api).json["id"]
+    reply = api.post(referral_id, {"status": "Active"}, headers={"If-Match": "*"})
+    assert reply.status == 200 and reply.json["status"] == "Active"
+
+
+def test_entity_tag_lists_are_matched_member_by_member(api: Api) -> None:
+    reply = create(api)
+    referral_id, etag = reply.json["id"], reply.headers["ETag"]
+    assert api.get(referral_id, headers={"If-None-Match": f'"other", {etag}'}).status == 304
+    assert api.post(referral_id, {"status": "Active"}, headers={"If-Match": f'"other", {etag}'}).status == 200
+
+
+def test_responses_are_never_cached(api: Api) -> None:
+    referral_id = new_id()
+    for reply in (api.post(referral_id, minimal_referral()), api.get(referral_id), api.get(new_id())):
+        assert reply.headers["Cache-Control"] == "no-store"
+
+
+def test_a_create_cannot_date_itself(api: Api) -> None:
+    # Back- or future-dating would place a referral anywhere in every listing.
+    for name in ("createdDate", "updatedDate"):
+        referral_id = new_id()
+        reply = api.post(referral_id, minimal_referral(**{name: "2000-01-01T00:00:00.000000Z"}))
+        assert reply.status == 400 and reply.json["error"]["target"] == name
+        assert api.get(referral_id).status == 404
+
+
+def test_a_new_participant_entry_cannot_carry_fields_the_service_sets(api: Api) -> None:
+    for field in ("id", "invitedByParticipantId"):
+        reply = api.post(new_id(), minimal_referral(participants=[{"organizationId": PARTNER_B, field: "x"}]))
+        assert reply.status == 400 and reply.json["error"]["target"] == f"participants[0].{field}"
+
+
+def test_updated_date_advances_even_when_the_clock_lags(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    created = create(api).json
+    monkeypatch.setattr(service, "utc_now", lambda: "2000-01-01T00:00:00.000000Z")
+    updated = api.post(created["id"], {"status": "Active"}).json
+    assert updated["updatedDate"] > created["updatedDate"]
+    assert [activity["date"] for activity in updated["activities"]] == sorted(
+        activity["date"] for activity in updated["activities"]
+    )
+
+
+def test_an_unexpected_error_is_a_500_that_reveals_nothing(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("secret internals at /srv/app/shared/store.py")
+
+    monkeypatch.setattr(ReferralStore, "read", crash)
+    reply = api.get(new_id())
+    assert reply.status == 500 and reply.error_code == "generalException"
+    assert "secret internals" not in reply.body.decode() and "Traceback" not in reply.body.decode()

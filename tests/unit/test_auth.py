@@ -153,6 +153,31 @@ def test_keys_that_never_loaded_are_503_until_they_load_not_401(tmp_path: Path, 
     assert validator.authenticate(bearer(token(key))).organization_id == PARTNER
 
 
+def test_keys_are_refetched_after_a_day_so_a_withdrawn_key_stops_working(tmp_path: Path) -> None:
+    old, new = SigningKey.generate(), SigningKey.generate()
+    now = [0.0]
+    keys = SigningKeys(old.write(tmp_path).as_uri(), clock=lambda: now[0])
+    validator = TokenValidator(AuthSettings(AUDIENCE, HOME, frozenset({PARTNER}), "unused"), keys)
+    validator.authenticate(bearer(token(old)))
+    new.write(tmp_path)  # the same JWKS location now holds only the new key
+    now[0] = 24 * 3600 + 1
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(token(old, roles=["Referrals.Read"])))  # not the cached token
+    assert validator.authenticate(bearer(token(new))).organization_id == PARTNER
+
+
+def test_the_token_cache_is_bounded(tmp_path: Path, key: SigningKey) -> None:
+    keys = SigningKeys(key.write(tmp_path).as_uri())
+    validator = TokenValidator(AuthSettings(AUDIENCE, HOME, frozenset({PARTNER}), "unused"), keys, cache_size=2)
+    tokens = [token(key, jti=str(index)) for index in range(3)]
+    for value in tokens:
+        validator.authenticate(bearer(value))
+    keys.key_for = lambda kid: None  # type: ignore[method-assign]  # from now on, only the cache can answer
+    validator.authenticate(bearer(tokens[2]))  # among the two kept
+    with pytest.raises(Unauthenticated):
+        validator.authenticate(bearer(tokens[0]))  # evicted, so validated again
+
+
 def test_validated_token_is_remembered_until_it_expires(
     validator: TokenValidator, keys: SigningKeys, key: SigningKey, monkeypatch: pytest.MonkeyPatch
 ) -> None:
