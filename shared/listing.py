@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from shared.errors import InvalidRequest
-from shared.model import ReferralSource, ReferralStatus
+from shared.model import REFERRAL_ID_PATTERN, ReferralSource, ReferralStatus
 from shared.policy import Caller
 from shared.timestamps import format_utc, parse_utc
 
@@ -24,9 +24,9 @@ MAX_TOP = 100
 # Query parameters a caller may send; `code` is the Functions key, which the host passes along.
 _ALLOWED_PARAMETERS = {"status", "referralsource", "updatedsince", "top", "skiptoken", "code"}
 ALL_ORGANIZATIONS = "all"
-# The shape of an index RowKey (`shared.store.index_row_key`): a token's position must be one, so an
-# edited token is refused here rather than reaching the storage query.
-_ROW_KEY = re.compile(r"[0-9]{17}:[A-Za-z0-9][A-Za-z0-9._-]{0,127}:[A-Za-z0-9_-]{1,64}")
+# The shape of an index RowKey (`shared.store.index_row_key`: position, referral id, version): a
+# token's position must be one, so an edited token is refused here rather than reaching the query.
+_ROW_KEY = re.compile(rf"[0-9]{{17}}:{REFERRAL_ID_PATTERN.pattern.strip('^$')}:[A-Za-z0-9_-]{{1,64}}")
 
 
 @dataclass(frozen=True)

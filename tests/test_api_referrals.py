@@ -365,3 +365,9 @@ def test_an_unexpected_error_is_a_500_that_reveals_nothing(api: Api, monkeypatch
     reply = api.get(new_id())
     assert reply.status == 500 and reply.error_code == "generalException"
     assert "secret internals" not in reply.body.decode() and "Traceback" not in reply.body.decode()
+
+
+def test_a_create_ignores_a_null_id(api: Api) -> None:
+    referral_id = new_id()
+    reply = api.post(referral_id, minimal_referral(id=None))
+    assert reply.status == 201 and reply.json["id"] == referral_id
