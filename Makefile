@@ -1,6 +1,8 @@
 # The two commands a newcomer needs: `make run` (the API on http://127.0.0.1:7071 with Azurite) and
 # `make test` (everything CI checks). Both install what they need on a fresh machine.
-PYTHON ?= python3
+# The interpreter the virtualenv is made from: a working Python 3.13 (scripts/find-python.sh looks in
+# pyenv's versions too, since its python3.13 shim answers only when 3.13 is selected). Set PYTHON to choose.
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP_PY := $(VENV)/.installed
@@ -9,7 +11,10 @@ STAMP_NODE := node_modules/.installed
 .PHONY: run test unit lint infra-check soak bench token clean
 
 $(STAMP_PY): requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 13))' 2>/dev/null; then \
+		interpreter=$$(PYTHON='$(PYTHON)' bash scripts/find-python.sh) || exit 1; \
+		echo "Creating $(VENV) with $$interpreter"; rm -rf $(VENV); $$interpreter -m venv $(VENV); \
+	fi
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
 
 
-class Lazy(Generic[T]):
+class Lazy[T]:
     def __init__(self, factory: Callable[[], T]) -> None:
         self._factory = factory
         self._value: T | None = None

@@ -13,7 +13,7 @@ import re
 from datetime import date
 from enum import Enum, StrEnum
 from functools import lru_cache
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import pycountry
 from email_validator import EmailNotValidError, validate_email
@@ -101,10 +101,7 @@ def _position(member: Enum) -> int:
     return list(type(member)).index(member)
 
 
-E = TypeVar("E", bound=Enum)
-
-
-def _enum_input(enum_type: type[E]) -> Any:
+def _enum_input[E: Enum](enum_type: type[E]) -> Any:
     """Accept an enum by name in any case, or by its integer position as the seed documents number them."""
     by_name = {member.value.lower(): member for member in enum_type}
     members = list(enum_type)

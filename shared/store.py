@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import requests
 from azure.core import MatchConditions
@@ -470,8 +470,6 @@ def _storage_faults(operation: str) -> Iterator[None]:
         raise ServiceNotAvailable("Referral storage is not available right now; retry shortly.") from None
 
 
-T = TypeVar("T")
-R = TypeVar("R")
 # Index writes and listing reads fan out over partitions; the pool is shared by the process.
 _executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="referrals-storage")
 # Deletes of superseded index rows, after responses. A row skipped when the backlog is full stays
@@ -481,7 +479,7 @@ _cleanup_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="referr
 _cleanup_slots = threading.BoundedSemaphore(CLEANUP_BACKLOG)
 
 
-def _in_parallel(function: Callable[[T], R], items: list[T]) -> list[R]:
+def _in_parallel[T, R](function: Callable[[T], R], items: list[T]) -> list[R]:
     if len(items) <= 1:
         return [function(item) for item in items]
     return list(_executor.map(function, items))
