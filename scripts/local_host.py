@@ -1,9 +1,11 @@
-"""A small local stand-in for the Functions host, for machines without Azure Functions Core Tools.
+"""The local Functions host, for machines without Azure Functions Core Tools: it serves the function
+folders through azure-functions-runtime-v1, the package that runs them in Azure on Python 3.13.
 
-It serves the same function folders the real host does: it reads each folder's function.json (HTTP
-trigger route and methods) and host.json (route prefix), loads local.settings.json's Values into the
-environment as `func start` does, and calls each folder's `main` with a real `azure.functions.HttpRequest`.
-Function keys (authLevel `function`) are not checked, as `func start` does not check them either.
+Two sides, one seam: `scripts.host_http` is what the .NET host does to a request and a response, and
+`scripts.runtime_driver` drives the runtime (init, load, invoke). This module is the socket and the
+routing between them: it reads host.json (route prefix, functionTimeout) and each function.json (route,
+methods), and loads local.settings.json's Values into the environment as `func start` does. Function
+keys (authLevel `function`) are not checked, as `func start` does not check them either.
 
     python -m scripts.local_host --port 7071
 """
@@ -12,32 +14,59 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import re
 import sys
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-import azure.functions as func
+from scripts.host_http import (
+    HostRequest,
+    HostResponse,
+    header_map,
+    query_parameters,
+    request_body,
+    request_url,
+    route_parameters,
+)
+from scripts.runtime_driver import LoadedFunction, RuntimeDriver
 
 ROOT = Path(__file__).resolve().parent.parent
 # The Functions host refuses bodies over 100 MB; the functions enforce their own, smaller, limits.
 MAX_BODY_BYTES = 100 * 1024 * 1024
+DEFAULT_FUNCTION_TIMEOUT = timedelta(minutes=30)  # Flex Consumption's default when host.json sets none
 
 
 @dataclass(frozen=True)
 class Route:
-    function: str
+    function: LoadedFunction
     methods: frozenset[str]
     pattern: re.Pattern[str]
-    main: Callable[[func.HttpRequest], func.HttpResponse]
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    route_prefix: str
+    function_timeout: timedelta
+
+
+def read_host_settings(root: Path = ROOT) -> HostSettings:
+    host = json.loads((root / "host.json").read_text(encoding="utf-8"))
+    prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+    timeout = host.get("functionTimeout")
+    return HostSettings(prefix, _parse_timespan(timeout) if timeout else DEFAULT_FUNCTION_TIMEOUT)
+
+
+def _parse_timespan(value: str) -> timedelta:
+    """host.json's functionTimeout: a .NET TimeSpan, `hh:mm:ss`."""
+    hours, minutes, seconds = (float(part) for part in value.split(":"))
+    return timedelta(hours=hours, minutes=minutes, seconds=seconds)
 
 
 def route_pattern(prefix: str, template: str) -> re.Pattern[str]:
@@ -51,29 +80,22 @@ def route_pattern(prefix: str, template: str) -> re.Pattern[str]:
             regex += f"(?:/(?P<{parameter.group(1)}>[^/]+))?"
         else:
             regex += f"/(?P<{parameter.group(1)}>[^/]+)"
-    return re.compile(regex + "/?$")
+    return re.compile(regex + "/?$", re.IGNORECASE)
 
 
-def discover_routes(root: Path = ROOT) -> list[Route]:
-    host = json.loads((root / "host.json").read_text())
-    prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+def http_routes(functions: dict[str, LoadedFunction], settings: HostSettings) -> list[Route]:
     routes = []
-    for config_path in sorted(root.glob("*/function.json")):
-        config = json.loads(config_path.read_text())
-        for binding in config["bindings"]:
-            if binding.get("type") != "httpTrigger":
-                continue
-            module = importlib.import_module(config_path.parent.name)
-            routes.append(
-                Route(
-                    function=config_path.parent.name,
-                    methods=frozenset(method.upper() for method in binding.get("methods", ["get", "post"])),
-                    pattern=route_pattern(prefix, binding.get("route", config_path.parent.name)),
-                    main=module.main,
-                )
+    for loaded in functions.values():
+        trigger = loaded.folder.trigger
+        if trigger.get("type") != "httpTrigger":
+            continue
+        routes.append(
+            Route(
+                function=loaded,
+                methods=frozenset(str(method).upper() for method in trigger.get("methods", ["get", "post"])),
+                pattern=route_pattern(settings.route_prefix, str(trigger.get("route", loaded.folder.name))),
             )
+        )
     return routes
 
 
@@ -81,143 +103,147 @@ def load_local_settings(root: Path = ROOT) -> None:
     """As `func start` does: local.settings.json's Values become environment variables (the environment wins)."""
     path = root / "local.settings.json"
     if path.exists():
-        for name, value in json.loads(path.read_text()).get("Values", {}).items():
+        for name, value in json.loads(path.read_text(encoding="utf-8")).get("Values", {}).items():
             os.environ.setdefault(name, str(value))
 
 
-def make_handler(routes: list[Route]) -> type[BaseHTTPRequestHandler]:
-    class FunctionsHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "referrals-local-host"
-        timeout = 15  # a client that promises more body than it sends is cut off, not waited for
-        # Headers and body go out as two writes; with Nagle on, the body waits for the client's delayed
-        # ACK of the headers (~40 ms on Linux loopback) on every keep-alive response.
-        disable_nagle_algorithm = True
+class LocalHost(ThreadingHTTPServer):
+    """The HTTP listener and the worker it forwards to; `serve_forever` serves, `server_close` ends both."""
 
-        def do_GET(self) -> None:
-            self._dispatch()
+    daemon_threads = True
 
-        def do_POST(self) -> None:
-            self._dispatch()
+    def __init__(self, address: tuple[str, int], root: Path = ROOT) -> None:
+        self.settings = read_host_settings(root)
+        self.driver = RuntimeDriver(root)
+        try:
+            functions = self.driver.start(os.environ)
+        except BaseException:
+            self.driver.stop()
+            raise
+        self.routes = http_routes(functions, self.settings)
+        super().__init__(address, FunctionsHandler)
 
-        def do_PUT(self) -> None:
-            self._dispatch()
+    def server_close(self) -> None:
+        super().server_close()
+        self.driver.stop()
 
-        def do_PATCH(self) -> None:
-            self._dispatch()
+    def invoke(self, route: Route, request: HostRequest) -> HostResponse:
+        return self.driver.invoke_http(route.function, request, self.settings.function_timeout.total_seconds())
 
-        def do_DELETE(self) -> None:
-            self._dispatch()
 
-        def do_HEAD(self) -> None:
-            self._dispatch()
+class FunctionsHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "referrals-local-host"
+    server: LocalHost
+    timeout = 15  # a client that promises more body than it sends is cut off, not waited for
+    # Headers and body go out as two writes; with Nagle on, the body waits for the client's delayed
+    # ACK of the headers (~40 ms on Linux loopback) on every keep-alive response.
+    disable_nagle_algorithm = True
 
-        def do_OPTIONS(self) -> None:
-            self._dispatch()
+    def __getattr__(self, name: str) -> Any:
+        # Every method (GET, POST, QUERY, ...) is routed; a path's function decides which it accepts.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
 
-        def do_TRACE(self) -> None:
-            self._dispatch()
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass  # the functions log each request themselves
 
-        def __getattr__(self, name: str) -> Any:
-            # Any other method (QUERY, CONNECT, ...) gets 405 on a function's path too, not a bare 501.
-            if name.startswith("do_"):
-                return self._dispatch
-            raise AttributeError(name)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-            pass  # the functions log each request themselves
-
-        def _dispatch(self) -> None:
-            url = urlsplit(self.path)
-            matched = [(route, match) for route in routes if (match := route.pattern.match(url.path))]
-            if not matched:
-                return self._plain(404, "itemNotFound", "No function serves this path.")
-            allowed = [(route, match) for route, match in matched if self.command in route.methods]
-            if not allowed:
-                methods = ", ".join(sorted({method for route, _ in matched for method in route.methods}))
-                return self._plain(405, "invalidRequest", "This method is not allowed here.", {"Allow": methods})
-            route, match = allowed[0]
-            body = self._read_body()
-            if body is None:
-                return None
-            request = func.HttpRequest(
-                method=self.command,
-                url=f"http://{self.headers.get('Host', 'localhost')}{self.path}",
-                headers=dict(self.headers.items()),
-                params=dict(parse_qsl(url.query, keep_blank_values=True)),
-                route_params={name: value for name, value in match.groupdict().items() if value is not None},
-                body=body,
-            )
-            response = route.main(request)
-            payload = response.get_body() or b""
-            self.send_response(response.status_code)
-            for name, value in response.headers.items():
-                if name.lower() not in ("content-length", "connection"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(payload)
+    def _dispatch(self) -> None:
+        target = urlsplit(self.path)
+        matched = [(route, match) for route in self.server.routes if (match := route.pattern.match(target.path))]
+        if not matched:
+            return self._plain(404, "itemNotFound", "No function serves this path.")
+        allowed = [(route, match) for route, match in matched if self.command in route.methods]
+        if not allowed:
+            methods = ", ".join(sorted({method for route, _ in matched for method in route.methods}))
+            return self._plain(405, "invalidRequest", "This method is not allowed here.", {"Allow": methods})
+        route, match = allowed[0]
+        body = self._read_body()
+        if body is None:
             return None
+        try:
+            request = HostRequest(
+                method=self.command,
+                url=request_url("http", self.headers.get("Host", "localhost"), self.path),
+                headers=header_map(self.headers.items()),
+                query=query_parameters(target.query),
+                route_params=route_parameters(match.groupdict()),
+                body=request_body(body),
+            )
+        except UnicodeDecodeError:
+            return self._plain(400, "invalidRequest", "The request path is not valid UTF-8.")
+        self._send(self.server.invoke(route, request))
+        return None
 
-        def _read_body(self) -> bytes | None:
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                self._plain(411, "invalidRequest", "Send a Content-Length; chunked bodies are not accepted.")
-                return None
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = -1
-            if length < 0:
-                self._plain(400, "invalidRequest", "The Content-Length header is invalid.")
-                return None
-            if length > MAX_BODY_BYTES:
-                self._plain(413, "payloadTooLarge", "The request body is too large.")
-                return None
-            try:
-                body = self.rfile.read(length)
-            except TimeoutError:
-                body = b""
-            if len(body) != length:
-                self._plain(400, "invalidRequest", "The body is shorter than its Content-Length.")
-                return None
-            return body
+    def _send(self, response: HostResponse) -> None:
+        self.send_response(response.status)
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
 
-        def _plain(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-            payload = json.dumps({"error": {"code": code, "message": message}}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("x-ms-error-code", code)
-            self.send_header("x-ms-request-id", str(uuid.uuid4()))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Connection", "close")
-            self.close_connection = True
-            self.end_headers()
-            self.wfile.write(payload)
+    def _read_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._plain(411, "invalidRequest", "Send a Content-Length; chunked bodies are not accepted.")
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._plain(400, "invalidRequest", "The Content-Length header is invalid.")
+            return None
+        if length > MAX_BODY_BYTES:
+            self._plain(413, "payloadTooLarge", "The request body is too large.")
+            return None
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = b""
+        if len(body) != length:
+            self._plain(400, "invalidRequest", "The body is shorter than its Content-Length.")
+            return None
+        return body
 
-    return FunctionsHandler
+    def _plain(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        """An answer of the host's own, before any function runs (no route, bad framing)."""
+        payload = json.dumps({"error": {"code": code, "message": message}}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("x-ms-error-code", code)
+        self.send_header("x-ms-request-id", str(uuid.uuid4()))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(payload)
 
 
-def serve(host: str, port: int, root: Path = ROOT) -> ThreadingHTTPServer:
-    """A started-but-not-serving server; call `serve_forever` (tests run it on a thread)."""
-    server = ThreadingHTTPServer((host, port), make_handler(discover_routes(root)))
-    server.daemon_threads = True
-    return server
+def serve(host: str, port: int, root: Path = ROOT) -> LocalHost:
+    """A started-but-not-serving host; call `serve_forever` (tests run it on a thread)."""
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return LocalHost((host, port), root)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Serve the function folders locally without Core Tools.")
+    parser = argparse.ArgumentParser(description="Serve the function folders through azure-functions-runtime-v1.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7071)
     options = parser.parse_args()
     load_local_settings()
     server = serve(options.host, options.port)
-    routes = ", ".join(f"{sorted(r.methods)} {r.pattern.pattern}" for r in discover_routes())
-    print(f"Serving on http://{options.host}:{options.port} ({routes})", flush=True)
+    for route in server.routes:
+        print(f"  {route.function.folder.name}: [{','.join(sorted(route.methods))}] {route.pattern.pattern}")
+    print(f"Serving on http://{options.host}:{options.port} through azure-functions-runtime-v1", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
+    server.server_close()
 
 
 if __name__ == "__main__":
