@@ -28,6 +28,6 @@ def _get_referral(call: Call) -> func.HttpResponse:
 
 def _list_referrals(call: Call) -> func.HttpResponse:
     caller = call.authenticate()
-    query = parse_list_query(call.request.params, caller)
+    query = parse_list_query(call.query_parameters(), caller)
     page = service.list_referrals(get_store(), caller, query)
     return call.page_response(page, query)

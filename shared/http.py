@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 
@@ -39,6 +39,8 @@ JSON_TYPE = "application/json"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON_MEDIA_TYPES = {"application/json", "application/merge-patch+json"}
 MAX_JSON_DEPTH = 32
+# More query parameters than any operation defines, with room for the function key: beyond it, 400.
+MAX_QUERY_PARAMETERS = 16
 
 
 class Call:
@@ -66,6 +68,33 @@ class Call:
             )
         self.referral_id = referral_id
         return referral_id
+
+    def query_parameters(self) -> list[tuple[str, str]]:
+        """The query exactly as the caller sent it, read from the request URL.
+
+        Not from `request.params`: the Functions host drops parameters whose value is empty and joins a
+        repeated name's values with ",", so `?status=` would arrive as no filter and `?top=5&top=10` as
+        `top=5,10`. Read from the URL, every parameter keeps its meaning: an empty value is a value (and
+        invalid wherever one is required), and a name given twice, compared case-insensitively as
+        property names in a body are, is 400 rather than one value winning.
+        """
+        try:
+            pairs = parse_qsl(
+                urlsplit(self.request.url).query,
+                keep_blank_values=True,
+                errors="strict",
+                max_num_fields=MAX_QUERY_PARAMETERS,
+            )
+        except UnicodeDecodeError:
+            raise InvalidRequest("The query string is not valid UTF-8.") from None
+        except ValueError:
+            raise InvalidRequest(f"A request takes at most {MAX_QUERY_PARAMETERS} query parameters.") from None
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name.lower() in seen:
+                raise InvalidRequest(f"Query parameter '{name}' appears more than once.", target=name)
+            seen.add(name.lower())
+        return pairs
 
     def json_body(self) -> Any:
         """The request body as JSON: 415 for another media type, 413 over the limit, 400 when malformed."""

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from shared.errors import InvalidRequest
@@ -43,9 +43,11 @@ def index_owner(caller: Caller) -> str:
     return ALL_ORGANIZATIONS if caller.is_admin else caller.organization_id
 
 
-def parse_list_query(params: Mapping[str, str], caller: Caller) -> ListQuery:
+def parse_list_query(params: Iterable[tuple[str, str]], caller: Caller) -> ListQuery:
+    """The listing's query from the parameters as sent (`Call.query_parameters`: no name twice).
+    Names match case-insensitively; an unknown name, or an empty or invalid value, is 400."""
     lowered: dict[str, str] = {}
-    for name, value in params.items():
+    for name, value in params:
         if name.lower() not in _ALLOWED_PARAMETERS:
             raise InvalidRequest(f"Unknown query parameter '{name}'.", target=name)
         lowered[name.lower()] = value

@@ -82,3 +82,27 @@ def test_a_content_length_that_lies_is_400_not_a_hang(base_url: str, api: Api) -
         reply = received.decode()
     assert reply.startswith("HTTP/1.1 400"), reply
     assert '"invalidRequest"' in reply
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "target"),
+    [
+        # The host drops an empty value and joins a repeated name's values: the function reads the query
+        # from the URL instead, so each of these means what it says.
+        ("status=", 400, "status"),
+        ("foo=", 400, "foo"),
+        ("top=5&top=10", 400, "top"),
+        ("status=Active&Status=Won", 400, "Status"),
+        ("top=", 400, "top"),
+        ("Status=Active&TOP=5", 200, None),
+        ("code=the-function-key&top=5", 200, None),
+    ],
+)
+def test_the_query_contract_holds_under_the_host(
+    base_url: str, api: Api, query: str, status: int, target: str | None
+) -> None:
+    reply_status, _, body = call(f"{base_url}/api/v1/referrals?{query}", api.token())
+    assert reply_status == status, body
+    if target is not None:
+        assert body["error"]["code"] == "invalidRequest"
+        assert body["error"]["target"] == target

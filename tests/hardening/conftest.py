@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import azure.functions as func
 import pytest
@@ -110,9 +111,9 @@ def live(azurite: Azurite, jwks_path: Path, signing_key: SigningKey) -> Iterator
 def list_referrals(api: Api, params: dict[str, str] | None = None, token: str | None = None) -> Reply:
     request = func.HttpRequest(
         method="GET",
-        url="http://localhost:7071/api/v1/referrals",
+        url="http://localhost:7071/api/v1/referrals?" + urlencode(params or {}),
         headers={"Authorization": f"Bearer {token or api.token()}"},
-        params=params or {},
+        params={},  # the function reads its query from the URL
         route_params={},
         body=b"",
     )
