@@ -10,7 +10,7 @@ targetScope = 'subscription'
 
 metadata description = 'Referrals API on Azure Functions Flex Consumption with identity-only access to Storage and Application Insights.'
 
-@description('Short environment name, for example dev, test or prod: lowercase letters, digits and hyphens. It names the resource group and, with the subscription and region, seeds the unique suffix of every other resource name.')
+@description('Short environment name, for example dev, test or prod: 1 to 20 lowercase letters, digits and hyphens, starting with a letter. It names the resource group and, with the subscription and region, seeds the unique suffix of every other resource name.')
 @minLength(1)
 @maxLength(20)
 param environmentName string
@@ -53,8 +53,9 @@ param referralsTableName string = 'Referrals'
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
-@description('Memory of each function app instance, in MB.')
+@description('Memory of each function app instance, in MB: the sizes Flex Consumption offers.')
 @allowed([
+  512
   2048
   4096
 ])
@@ -65,22 +66,42 @@ param instanceMemoryMB int = 2048
 @maxValue(730)
 param logRetentionInDays int = 30
 
+@description('E-mail address that receives the HTTP 5xx and storage throttling alerts. Empty: the alert rules still fire and show in the portal, but no action group is created and nobody is notified.')
+@maxLength(254)
+param alertEmailAddress string = ''
+
+// Bicep has no regular expressions: @minLength and @maxLength above are the only checks ARM makes on a
+// parameter before it starts. The characters are checked here. Every resource name is built from
+// checkedEnvironmentName, so ARM evaluates it while it validates the template, before it creates
+// anything; a bad name stops the deployment there, naming the rule in the error. ARM evaluates only
+// the branch of ?: that applies, so the failing read of a missing property happens only for a bad name.
+var environmentNameFirstCharacters = 'abcdefghijklmnopqrstuvwxyz'
+var environmentNameCharacters = '${environmentNameFirstCharacters}0123456789-'
+// Positions 0 to 19 (the @maxLength), written out because checkov's Bicep parser lacks range(). They are
+// read from the name padded with allowed characters, so a read past the end of a short name is harmless.
+var environmentNamePositions = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+var environmentNamePadded = '${environmentName}aaaaaaaaaaaaaaaaaaaa'
+var environmentNameBadCharacters = filter(environmentNamePositions, i => !contains(environmentNameCharacters, substring(environmentNamePadded, i, 1)))
+var environmentNameIsValid = empty(environmentNameBadCharacters) && contains(environmentNameFirstCharacters, substring(environmentName, 0, 1))
+var checkedEnvironmentName = environmentNameIsValid ? environmentName : any({})['environmentName must be lowercase letters, digits and hyphens, starting with a letter']
+
 // Same subscription + environment + region always gives the same suffix (redeploys are idempotent);
 // any other combination gives a different one, so two environments never collide on global names.
-var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var resourceToken = toLower(uniqueString(subscription().id, checkedEnvironmentName, location))
 var tags = {
   application: 'referrals-api'
-  environment: environmentName
+  environment: checkedEnvironmentName
 }
 var names = {
-  resourceGroup: empty(resourceGroupName) ? 'rg-referrals-${environmentName}' : resourceGroupName
+  resourceGroup: empty(resourceGroupName) ? 'rg-referrals-${checkedEnvironmentName}' : resourceGroupName
   identity: 'id-referrals-${resourceToken}'
   logAnalytics: 'log-referrals-${resourceToken}'
   applicationInsights: 'appi-referrals-${resourceToken}'
   storageAccount: 'st${resourceToken}'
   plan: 'plan-referrals-${resourceToken}'
-  functionApp: 'func-referrals-${environmentName}-${resourceToken}'
+  functionApp: 'func-referrals-${checkedEnvironmentName}-${resourceToken}'
   deploymentContainer: 'app-package'
+  alerts: 'referrals-${checkedEnvironmentName}'
 }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -160,6 +181,18 @@ module functionApp 'modules/function-app.bicep' = {
   ]
 }
 
+module alerts 'modules/alerts.bicep' = {
+  name: 'referrals-alerts'
+  scope: rg
+  params: {
+    namePrefix: names.alerts
+    tags: tags
+    alertEmailAddress: alertEmailAddress
+    functionAppName: functionApp.outputs.name
+    storageAccountName: storage.outputs.name
+  }
+}
+
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output RESOURCE_GROUP_NAME string = rg.name
@@ -171,3 +204,5 @@ output STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
 output REFERRALS_TABLE_NAME string = storage.outputs.tableName
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output APPLICATION_INSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output ALERT_RULE_NAMES array = alerts.outputs.alertNames
+output ALERT_ACTION_GROUP_NAME string = alerts.outputs.actionGroupName

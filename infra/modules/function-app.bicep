@@ -1,4 +1,4 @@
-metadata description = 'Flex Consumption (FC1) plan and the Linux Python 3.11 function app. Every connection uses the user-assigned identity: no keys or connection strings.'
+metadata description = 'Flex Consumption (FC1) plan and the Linux Python 3.13 function app. Every connection uses the user-assigned identity: no keys or connection strings.'
 
 @description('Name of the Flex Consumption plan.')
 param planName string
@@ -44,8 +44,9 @@ param authAllowedTenants string
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
-@description('Memory of each instance, in MB.')
+@description('Memory of each instance, in MB: the sizes Flex Consumption offers.')
 @allowed([
+  512
   2048
   4096
 ])
@@ -83,6 +84,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_212:Flex Consumption manages instances itself and scales from zero; there is no minimum worker count to set.
   // checkov:skip=CKV_AZURE_213:The platform health check is not available on Flex Consumption.
   // checkov:skip=CKV_AZURE_222:Partner organisations call the API over the internet; every request needs a function key and an Entra ID token.
+  // checkov:skip=CKV_AZURE_78:Flex Consumption refuses siteConfig.ftpsState (ARM error 51021), so it cannot be set to Disabled; code reaches a Flex app only through its deployment container.
   name: appName
   location: location
   tags: tags
@@ -98,9 +100,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     publicNetworkAccess: 'Enabled'
     siteConfig: {
+      // No ftpsState (nor linuxFxVersion): Flex Consumption refuses both with ARM error 51021.
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: [
         // Functions host storage through the identity: no AzureWebJobsStorage connection string.
@@ -176,22 +178,16 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
       runtime: {
         name: 'python'
-        version: '3.11'
+        version: '3.13'
       }
     }
   }
 }
 
-// Basic-auth publishing credentials off for both FTP and SCM: `func azure functionapp publish`
-// deploys to Flex Consumption with the caller's Entra token, never with a publishing password.
-resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
-  parent: functionApp
-  name: 'ftp'
-  properties: {
-    allow: false
-  }
-}
-
+// Basic-auth publishing off for the SCM (deployment) endpoint: `func azure functionapp publish` deploys
+// to Flex Consumption with the caller's Entra token, never with a publishing password. No `ftp` policy:
+// Flex refuses FTP settings (ftpsState), and neither Flex reference template nor the Terraform Flex
+// resource sets one, so nothing shows that Flex accepts it.
 resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'scm'

@@ -45,6 +45,8 @@ KNOWN_API_VERSIONS = {
     "Microsoft.Web/serverfarms": {"2024-04-01"},
     "Microsoft.Web/sites": {"2024-04-01"},
     "Microsoft.Web/sites/basicPublishingCredentialsPolicies": {"2024-04-01"},
+    "Microsoft.Insights/metricAlerts": {"2018-03-01"},
+    "Microsoft.Insights/actionGroups": {"2023-01-01"},
 }
 
 # Settings the app code reads (see the project README), with the template expression that feeds each.
@@ -69,6 +71,13 @@ FLEX_UNSUPPORTED_SETTINGS = {
     "SCM_DO_BUILD_DURING_DEPLOYMENT",
     "ENABLE_ORYX_BUILD",
 }
+
+# siteConfig properties that Flex Consumption refuses (ARM error 51021, "... for Flex Consumption sites is
+# invalid. Please remove or rename ..."), as reported publicly from Flex stamps.
+FLEX_REFUSED_SITE_CONFIG = {"ftpsState", "linuxFxVersion"}
+
+# The instance sizes Flex Consumption offers, in MB.
+FLEX_INSTANCE_MEMORY_MB = [512, 2048, 4096]
 
 # Markers of shared-key or SAS credentials: none may appear anywhere in the templates.
 SECRET_MARKERS = (
@@ -171,6 +180,7 @@ def test_infra_contains_main_template_and_local_modules() -> None:
         "storage.bicep",
         "role-assignments.bicep",
         "function-app.bicep",
+        "alerts.bicep",
     }
 
 
@@ -393,21 +403,36 @@ def test_function_app_is_on_a_linux_flex_consumption_fc1_plan() -> None:
     assert render(app["properties"]["serverFarmId"]) == "plan.id"
 
 
-def test_function_app_runtime_is_python_3_11() -> None:
-    assert function_app()["properties"]["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
+def test_function_app_runtime_is_python_3_13() -> None:
+    assert function_app()["properties"]["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.13"}
 
 
-def test_function_app_is_https_only_with_tls_1_2_and_no_ftp_or_basic_auth_publishing() -> None:
+def test_function_app_is_https_only_with_tls_1_2_and_no_basic_auth_publishing() -> None:
     properties = function_app()["properties"]
     assert properties["httpsOnly"] is True
     assert properties["siteConfig"]["minTlsVersion"] == "1.2"
-    assert properties["siteConfig"]["ftpsState"] == "Disabled"
+    assert properties["siteConfig"]["scmMinTlsVersion"] == "1.2"
     policies = resources_of(MODULES / "function-app.bicep", "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     by_name = {p["config"]["name"]: p["config"] for p in policies.values()}
-    assert set(by_name) == {"ftp", "scm"}
-    for name, policy in by_name.items():
-        assert policy["parent"] == "functionApp", name
-        assert policy["properties"]["allow"] is False, name
+    assert set(by_name) == {"scm"}, "Flex has no FTP: only the SCM (deployment) policy is set"
+    assert by_name["scm"]["parent"] == "functionApp"
+    assert by_name["scm"]["properties"]["allow"] is False
+
+
+def test_site_config_holds_nothing_flex_consumption_refuses() -> None:
+    assert not FLEX_REFUSED_SITE_CONFIG & set(function_app()["properties"]["siteConfig"])
+
+
+def test_ftps_state_check_is_skipped_with_the_flex_reason() -> None:
+    text = (MODULES / "function-app.bicep").read_text(encoding="utf-8")
+    skip = re.search(r"// checkov:skip=CKV_AZURE_78:(.+)", text)
+    assert skip is not None, "CKV_AZURE_78 (ftpsState) needs a skip now that ftpsState is gone"
+    assert "Flex Consumption" in skip.group(1) and "ftpsState" in skip.group(1)
+
+
+@pytest.mark.parametrize("path", [MAIN, MODULES / "function-app.bicep"], ids=lambda p: p.name)
+def test_instance_memory_is_one_of_the_flex_sizes(path: Path) -> None:
+    assert decorator(parse(path)["parameters"]["instanceMemoryMB"], "allowed") == FLEX_INSTANCE_MEMORY_MB
 
 
 def test_deployment_package_storage_is_authenticated_by_the_user_assigned_identity() -> None:
@@ -493,18 +518,156 @@ def test_application_insights_disables_local_auth_and_uses_the_workspace() -> No
     assert workspace["features"]["disableLocalAuth"] is True
 
 
+# --- Alerts ------------------------------------------------------------------------------------
+
+ALERTS = MODULES / "alerts.bicep"
+
+
+def metric_alerts() -> dict[str, dict[str, Any]]:
+    return {name: r["config"] for name, r in resources_of(ALERTS, "Microsoft.Insights/metricAlerts").items()}
+
+
+def only_criterion(alert: dict[str, Any]) -> dict[str, Any]:
+    criteria = alert["properties"]["criteria"]
+    assert criteria["'odata.type'"] == "Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria"
+    assert len(criteria["allOf"]) == 1
+    return cast(dict[str, Any], criteria["allOf"][0])
+
+
+def test_alerts_module_gets_the_email_and_the_watched_resources_from_main() -> None:
+    passed = module_params("alerts.bicep")
+    assert passed["alertEmailAddress"] == "alertEmailAddress"
+    assert passed["functionAppName"] == "functionApp.outputs.name"
+    assert passed["storageAccountName"] == "storage.outputs.name"
+    assert parse(MAIN)["parameters"]["alertEmailAddress"]["default"] == ""
+
+
+def test_action_group_exists_only_when_an_email_address_is_given() -> None:
+    groups = resources_of(ALERTS, "Microsoft.Insights/actionGroups")
+    assert list(groups) == ["actionGroup"]
+    config = groups["actionGroup"]["config"]
+    assert config["condition"] == "notify"
+    assert render(parse(ALERTS)["variables"]["notify"]["value"]) == "not(empty(alertEmailAddress))"
+    receivers = config["config"]["properties"]["emailReceivers"]
+    assert [r["emailAddress"] for r in receivers] == ["alertEmailAddress"]
+
+
+@pytest.mark.parametrize("name", ["http5xxAlert", "storageThrottlingAlert"])
+def test_each_alert_notifies_the_action_group_only_when_there_is_one(name: str) -> None:
+    alert = metric_alerts()[name]
+    assert alert["properties"]["enabled"] is True
+    assert render(alert["properties"]["actions"]) == "conditional(notify, [{actionGroupId: actionGroup.id}], [])"
+
+
+def test_function_app_alert_counts_http_5xx_responses() -> None:
+    alert = metric_alerts()["http5xxAlert"]
+    assert [render(s) for s in alert["properties"]["scopes"]] == ["functionApp.id"]
+    criterion = only_criterion(alert)
+    assert (criterion["metricNamespace"], criterion["metricName"]) == ("Microsoft.Web/sites", "Http5xx")
+    assert (criterion["timeAggregation"], criterion["operator"]) == ("Total", "GreaterThan")
+
+
+def test_storage_alert_counts_throttled_and_server_busy_transactions() -> None:
+    alert = metric_alerts()["storageThrottlingAlert"]
+    assert [render(s) for s in alert["properties"]["scopes"]] == ["storageAccount.id"]
+    criterion = only_criterion(alert)
+    assert (criterion["metricNamespace"], criterion["metricName"]) == (
+        "Microsoft.Storage/storageAccounts",
+        "Transactions",
+    )
+    assert criterion["timeAggregation"] == "Total"
+    [dimension] = criterion["dimensions"]
+    assert (dimension["name"], dimension["operator"]) == ("ResponseType", "Include")
+    values = parse(ALERTS)["variables"][dimension["values"]]["value"]
+    assert {"ServerBusyError", "ClientThrottlingError", "ClientAccountRequestThrottlingError"} <= set(values)
+    assert "Success" not in values
+
+
 # --- Naming, outputs and parameters -------------------------------------------------------------
 
 
-def test_names_derive_from_environment_name_and_a_unique_string() -> None:
+def test_names_derive_from_the_checked_environment_name_and_a_unique_string() -> None:
     variables = parse(MAIN)["variables"]
     token = render(variables["resourceToken"]["value"])
-    assert token == "to_lower(unique_string(subscription().id, environmentName, location))"
+    assert token == "to_lower(unique_string(subscription().id, checkedEnvironmentName, location))"
     names = {key: render(value) for key, value in variables["names"]["value"].items()}
-    assert "${environmentName}" in names["resourceGroup"]
+    assert "${checkedEnvironmentName}" in names["resourceGroup"]
     for key in ("identity", "logAnalytics", "applicationInsights", "storageAccount", "plan", "functionApp"):
         assert "${resourceToken}" in names[key], key
-    assert "${environmentName}" in names["functionApp"]
+    assert "${checkedEnvironmentName}" in names["functionApp"]
+    assert "${checkedEnvironmentName}" in names["alerts"]
+    assert render(variables["tags"]["value"]["environment"]) == "checkedEnvironmentName"
+
+
+def test_only_the_check_reads_the_raw_environment_name() -> None:
+    """Every name goes through checkedEnvironmentName, so a bad value fails before anything is created."""
+    variables = parse(MAIN)["variables"]
+    readers = {
+        name
+        for name, variable in variables.items()
+        if "environmentName" in re.findall(r"\w+", render(variable["value"]))
+    }
+    assert readers == {
+        "environmentNamePadded",
+        "environmentNameIsValid",
+        "checkedEnvironmentName",
+    }
+    for section in ("resources", "modules", "outputs"):
+        for name, item in (parse(MAIN).get(section) or {}).items():
+            assert "environmentName" not in re.findall(r"\w+", render(item)), f"{section}.{name}"
+
+
+def environment_name_is_accepted(name: str) -> bool:
+    """The character rule of main.bicep, evaluated in Python from the template's own literals."""
+    declared = parse(MAIN)["parameters"]["environmentName"]
+    if not decorator(declared, "min_length") <= len(name) <= decorator(declared, "max_length"):
+        return False  # ARM refuses it before the template is evaluated
+    variables = parse(MAIN)["variables"]
+    first = variables["environmentNameFirstCharacters"]["value"]
+    allowed = render(variables["environmentNameCharacters"]["value"]).replace(
+        "${environmentNameFirstCharacters}", first
+    )
+    padding = render(variables["environmentNamePadded"]["value"]).removeprefix("${environmentName}")
+    padded = name + padding
+    bad = [i for i in variables["environmentNamePositions"]["value"] if padded[i] not in allowed]
+    return not bad and name[0] in first
+
+
+@pytest.mark.parametrize(
+    ("name", "accepted"),
+    [
+        ("dev", True),
+        ("prod-2", True),
+        ("a" * 20, True),
+        ("z9-" * 6 + "zz", True),
+        ("", False),
+        ("a" * 21, False),
+        ("Dev", False),
+        ("dev_1", False),
+        ("dev.1", False),
+        ("dev 1", False),
+        ("1dev", False),
+        ("-dev", False),
+        ("devé", False),
+        ("a" * 19 + "_", False),
+    ],
+)
+def test_environment_name_rule(name: str, accepted: bool) -> None:
+    assert environment_name_is_accepted(name) is accepted
+
+
+def test_environment_name_check_covers_every_position_and_fails_with_the_rule() -> None:
+    declared = parse(MAIN)["parameters"]["environmentName"]
+    variables = parse(MAIN)["variables"]
+    longest = decorator(declared, "max_length")
+    assert variables["environmentNamePositions"]["value"] == list(range(longest))
+    padding = render(variables["environmentNamePadded"]["value"]).removeprefix("${environmentName}")
+    assert len(padding) >= longest and set(padding) <= set(variables["environmentNameFirstCharacters"]["value"])
+    assert variables["environmentNameCharacters"]["value"] == "${environmentNameFirstCharacters}0123456789-"
+    assert variables["environmentNameFirstCharacters"]["value"] == "abcdefghijklmnopqrstuvwxyz"
+    checked = render(variables["checkedEnvironmentName"]["value"])
+    assert checked.startswith("conditional(environmentNameIsValid, environmentName, index_accessor(any({}), ")
+    assert "lowercase letters, digits and hyphens" in checked
 
 
 def test_outputs_are_upper_snake_case_and_cover_what_ops_needs_next() -> None:
