@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from shared.errors import InvalidRequest, PayloadTooLarge
 from shared.model import (
+    TRACKED_PROPERTIES,
     ActivityAction,
     Limits,
     ParticipantStatus,
@@ -61,7 +62,8 @@ def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tup
     check_create(caller, referral)
     created = referral.to_json_dict()
     _check_size(created)
-    return created, activity(caller, ActivityAction.CREATED, None, referral, changed_paths({}, _tracked(created)), now)
+    changed = changed_paths({}, _tracked(created))
+    return created, activity(caller, ActivityAction.CREATED, None, referral, changed, field_changes(None, created), now)
 
 
 def update(
@@ -97,8 +99,10 @@ def update(
 
     updated = {**result, "updatedDate": now}
     _check_size(updated)
-    changes = changed_paths(_tracked(stored), _tracked(updated))
-    return updated, activity(caller, ActivityAction.UPDATED, before.status, after, changes, now)
+    changed = changed_paths(_tracked(stored), _tracked(updated))
+    changes = field_changes(stored, updated)
+    _check_participant_status_changes(changes)
+    return updated, activity(caller, ActivityAction.UPDATED, before.status, after, changed, changes, now)
 
 
 def merge_participants(
@@ -154,6 +158,7 @@ def activity(
     from_status: ReferralStatus | None,
     after: Referral,
     changed: list[str],
+    changes: list[JsonObject],
     now: str,
 ) -> JsonObject:
     entry: JsonObject = {
@@ -165,12 +170,56 @@ def activity(
     }
     if from_status is not None:
         entry["fromStatus"] = from_status.value
+    entry["changes"] = changes
     return entry
+
+
+def field_changes(before: JsonObject | None, after: JsonObject) -> list[JsonObject]:
+    """The values a change moved, for the tracked properties only (`TRACKED_PROPERTIES`, then each
+    participant's status in participant order): `{"property", "from"?, "to"?}` with the values as
+    stored, `from` left out when the property was absent and `to` when it is removed. `before` None
+    is a creation: everything set comes from nothing, every participant (the creator included)
+    appears with its first status. Contact data and free text are never tracked."""
+    previous = before or {}
+    changes = [_change(path, _value_at(previous, path), _value_at(after, path)) for path in TRACKED_PROPERTIES]
+    statuses = {entry["organizationId"]: entry["status"] for entry in previous.get("participants", [])}
+    for entry in after["participants"]:
+        organization = entry["organizationId"]
+        changes.append(_change(f"participants[{organization}].status", statuses.get(organization), entry["status"]))
+    return [change for change in changes if change is not None]
+
+
+def _value_at(document: JsonObject, path: str) -> Any:
+    value: Any = document
+    for name in path.split("."):
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def _change(path: str, old: Any, new: Any) -> JsonObject | None:
+    if old == new:
+        return None
+    change: JsonObject = {"property": path}
+    if old is not None:
+        change["from"] = old
+    if new is not None:
+        change["to"] = new
+    return change
 
 
 def _tracked(document: JsonObject) -> JsonObject:
     """What an activity reports as changed: everything but the server-managed bookkeeping."""
     return {key: value for key, value in document.items() if key not in SERVER_MANAGED}
+
+
+def _check_participant_status_changes(changes: list[JsonObject]) -> None:
+    moved = sum(1 for change in changes if change["property"].startswith("participants[") and "from" in change)
+    if moved > Limits.PARTICIPANT_STATUS_CHANGES:
+        raise InvalidRequest(
+            f"One update changes the status of at most {Limits.PARTICIPANT_STATUS_CHANGES} participants"
+            f" ({moved} here); send the rest in further updates.",
+            target="participants",
+        )
 
 
 def _check_size(document: JsonObject) -> None:

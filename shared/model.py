@@ -41,6 +41,12 @@ class Limits:
     REFERRAL_JSON_UNITS = 200_000
     REQUEST_BODY_BYTES = 256 * 1024
     ACTIVITIES_RETURNED = 100
+    # Statuses of participants already on the referral that one update may change (only an admin
+    # changes more than its own). Each is recorded in the activity's `changes` (~110 characters), and
+    # the referral's row holds its newest activities beside the referral: this bounds an activity to
+    # about 2 KB (tests/unit/test_rules.py). New participants are not counted: a referral has at most
+    # 49 invitations, ever.
+    PARTICIPANT_STATUS_CHANGES = 10
 
 
 class ReferralStatus(StrEnum):
@@ -296,6 +302,33 @@ class Participant(ApiModel):
     status: Annotated[ParticipantStatus, _enum_input(ParticipantStatus)]
 
 
+# The properties whose values an activity records (`changes`); any other change is only named in
+# `changedProperties`, so no contact data or free text is ever copied into the history.
+TRACKED_PROPERTIES = (
+    "status",
+    "referralSource",
+    "details.dealValue",
+    "details.currency",
+    "details.closingDate",
+    "customerProfile.address.country",
+)
+# ... and each participant's status, as `participants[<organizationId>].status`.
+MAX_CHANGES = len(TRACKED_PROPERTIES) + Limits.PARTICIPANTS
+# A tracked value: an enum name, a currency or country code, a date, or a deal value.
+ChangeValue = Annotated[str, Field(max_length=16)] | Amount
+
+
+class ActivityChange(ApiModel):
+    """One tracked property's value before and after a change; an absent value is left out."""
+
+    # `from` is a Python keyword: the field is named `from_` and read and written as `from`.
+    model_config = ConfigDict(validate_by_alias=True, validate_by_name=False, serialize_by_alias=True)
+
+    property: Annotated[str, Field(max_length=64)]
+    from_: ChangeValue | None = Field(default=None, alias="from")
+    to: ChangeValue | None = None
+
+
 class Activity(ApiModel):
     date: Timestamp
     organizationId: OrganizationId
@@ -303,6 +336,8 @@ class Activity(ApiModel):
     fromStatus: Annotated[ReferralStatus, _enum_input(ReferralStatus)] | None = None
     toStatus: Annotated[ReferralStatus, _enum_input(ReferralStatus)]
     changedProperties: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=64)]
+    # Absent from activities written before field-level changes were recorded; they read as they are.
+    changes: Annotated[list[ActivityChange], Field(max_length=MAX_CHANGES)] | None = None
 
 
 class Referral(ApiModel):

@@ -23,8 +23,12 @@ JsonObject = dict[str, Any]
 
 @cache
 def _properties_of(model: type[BaseModel]) -> dict[str, tuple[str, type[BaseModel] | None]]:
-    """lower-case name -> (wire name, nested model when the property holds objects of one)."""
-    return {name.lower(): (name, _nested_model(field.annotation)) for name, field in model.model_fields.items()}
+    """lower-case name -> (wire name, nested model when the property holds objects of one). The wire
+    name is the field's alias where it has one (`ActivityChange.from_` is `from`)."""
+    return {
+        (field.alias or name).lower(): (field.alias or name, _nested_model(field.annotation))
+        for name, field in model.model_fields.items()
+    }
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

@@ -28,10 +28,12 @@ from pydantic.fields import FieldInfo
 import shared.errors
 from shared import listing
 from shared.model import (
+    MAX_CHANGES,
     READ_ONLY_PROPERTIES,
     REFERRAL_ID_PATTERN,
     Activity,
     ActivityAction,
+    ActivityChange,
     Address,
     Contact,
     CustomerProfile,
@@ -59,6 +61,7 @@ MODELS: dict[type[BaseModel], tuple[str, str | None]] = {
     ReferralDetails: ("ReferralDetails", "ReferralDetailsPatch"),
     Participant: ("Participant", "ParticipantPatch"),
     Activity: ("Activity", None),
+    ActivityChange: ("ActivityChange", None),
 }
 ENUMS: list[type[Enum]] = [ReferralStatus, ReferralSource, ParticipantStatus, ActivityAction]
 # Properties a model does not hold but the wire documents do: the referral's activities.
@@ -86,7 +89,8 @@ def expected(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> dic
         options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         if set(options) == {int, float}:
             return _merge({"type": "number"}, bounds)
-        assert len(options) == 1, annotation
+        if len(options) > 1:  # a value of one of several shapes (ActivityChange's from/to)
+            return {"anyOf": [expected(option) for option in options]}
         return _merge(expected(options[0]), bounds)
     if origin is list:
         (item_type,) = typing.get_args(annotation)
@@ -163,6 +167,11 @@ def check_property(owner: str, name: str, want: dict[str, Any], schema: dict[str
         assert ref_name(schema) == (f"{enum_name}Input" if patch else enum_name), where
         return
     resolved = resolve(schema)
+    if "anyOf" in want:
+        assert len(resolved["anyOf"]) == len(want["anyOf"]), where
+        for index, (option, option_schema) in enumerate(zip(want["anyOf"], resolved["anyOf"], strict=True)):
+            check_property(owner, f"{name}|{index}", option, option_schema, patch)
+        return
     assert resolved.get("type") == want["type"], where
     for keyword in ("maxLength", "minLength", "maxItems", "minItems", "minimum", "maximum"):
         assert resolved.get(keyword) == want.get(keyword), f"{where}: {keyword}"
@@ -170,16 +179,22 @@ def check_property(owner: str, name: str, want: dict[str, Any], schema: dict[str
         check_property(owner, f"{name}[]", want["items"], resolved["items"], patch)
 
 
+def wire_fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by their names on the wire (an alias where the field has one: `from`)."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
+
+
 @pytest.mark.parametrize("model", list(MODELS), ids=lambda model: model.__name__)
 def test_every_model_field_is_in_its_schema_with_the_same_limits_and_vice_versa(model: type[BaseModel]) -> None:
     name, _ = MODELS[model]
     schema = SCHEMAS[name]
     properties = schema["properties"]
-    assert set(properties) == set(model.model_fields) | EXTRA_PROPERTIES.get(name, set())
+    fields = wire_fields(model)
+    assert set(properties) == set(fields) | EXTRA_PROPERTIES.get(name, set())
     assert schema["additionalProperties"] is False  # the models forbid extra properties
-    required = {field for field, info in model.model_fields.items() if info.is_required()}
+    required = {field for field, info in fields.items() if info.is_required()}
     assert set(schema.get("required", [])) == required | EXTRA_PROPERTIES.get(name, set())
-    for field, info in model.model_fields.items():
+    for field, info in fields.items():
         check_property(name, field, expected(info.annotation, info.metadata), properties[field], patch=False)
 
 
@@ -252,6 +267,9 @@ def test_limits_outside_the_models_match() -> None:
     assert (parameters["top"]["minimum"], parameters["top"]["maximum"]) == (1, listing.MAX_TOP)
     assert parameters["top"]["default"] == listing.DEFAULT_TOP
     assert SCHEMAS["ReferralPage"]["properties"]["value"]["maxItems"] == listing.MAX_TOP
+    assert SCHEMAS["Activity"]["properties"]["changes"]["maxItems"] == MAX_CHANGES
+    update = SPEC["paths"]["/v1/referrals/{referralId}"]["post"]["description"]
+    assert f"at most {Limits.PARTICIPANT_STATUS_CHANGES} participants" in " ".join(update.split())
 
 
 def test_error_codes_are_the_ones_the_service_raises() -> None:

@@ -8,9 +8,10 @@ import pytest
 
 from shared import editing
 from shared.errors import AccessDenied, InvalidRequest, InvalidStatusTransition, PayloadTooLarge
-from shared.model import Limits, Referral, ReferralStatus, check_transition
+from shared.model import TRACKED_PROPERTIES, Activity, Limits, Referral, ReferralStatus, check_transition
 from shared.patching import canonicalize, changed_paths, merge_patch
 from shared.policy import Caller
+from shared.store import ACTIVITIES_PER_HISTORY_ROW, to_json
 
 A = "22222222-2222-4222-8222-222222222222"
 B = "33333333-3333-4333-8333-333333333333"
@@ -157,7 +158,165 @@ def test_update_sets_updated_date_and_describes_the_change() -> None:
         "fromStatus": "Pending",
         "toStatus": "Active",
         "changedProperties": ["status"],
+        "changes": [{"property": "status", "from": "Pending", "to": "Active"}],
     }
+
+
+def test_a_creation_records_every_tracked_value_from_nothing_and_each_first_participant_status() -> None:
+    document, activity = editing.create(
+        PARTNER,
+        "r1",
+        {
+            "referralSource": "P2P",
+            "customerProfile": {"name": "C", "address": {"city": "Bonn", "country": "DE"}},
+            "details": {"dealValue": 25000, "currency": "EUR", "closingDate": "2026-12-31", "notes": "n"},
+            "participants": [{"organizationId": B}],
+        },
+        NOW,
+    )
+    assert activity["changes"] == [
+        {"property": "status", "to": "Pending"},
+        {"property": "referralSource", "to": "P2P"},
+        {"property": "details.dealValue", "to": 25000},
+        {"property": "details.currency", "to": "EUR"},
+        {"property": "details.closingDate", "to": "2026-12-31"},
+        {"property": "customerProfile.address.country", "to": "DE"},
+        {"property": f"participants[{A}].status", "to": "Accepted"},
+        {"property": f"participants[{B}].status", "to": "Invited"},
+    ]
+    assert document["participants"][1]["status"] == "Invited"
+
+
+def test_changes_give_from_and_to_for_tracked_properties_and_leave_out_an_absent_value() -> None:
+    document = created(details={"dealValue": 100, "currency": "EUR"}, customerProfile={"name": "C"})
+    patch = {
+        "status": "Active",
+        "details": {"dealValue": None, "currency": "USD", "closingDate": "2027-01-31"},
+        "customerProfile": {"address": {"country": "FR"}},
+    }
+    updated, activity = editing.update(PARTNER, document, [], patch, LATER) or ({}, {})
+    assert activity["changes"] == [
+        {"property": "status", "from": "Pending", "to": "Active"},
+        {"property": "details.dealValue", "from": 100},
+        {"property": "details.currency", "from": "EUR", "to": "USD"},
+        {"property": "details.closingDate", "to": "2027-01-31"},
+        {"property": "customerProfile.address.country", "to": "FR"},
+    ]
+    assert activity["changedProperties"] == [
+        "customerProfile.address",
+        "details.closingDate",
+        "details.currency",
+        "details.dealValue",
+        "status",
+    ]
+    _, removed = editing.update(PARTNER, updated, [], {"customerProfile": {"address": None}}, LATER) or ({}, {})
+    assert removed["changes"] == [{"property": "customerProfile.address.country", "from": "FR"}]
+
+
+def test_other_changes_are_named_in_changed_properties_only_with_no_values_in_the_history() -> None:
+    document = created(participants=[{"organizationId": B}])
+    secret = "Jane Roe jane@contoso.example +1 555 0100 confidential"
+    patch = {
+        "customerProfile": {"name": secret, "address": {"city": secret}, "contact": {"email": "jane@contoso.example"}},
+        "customerRequirements": {"customerNeed": secret},
+        "details": {"notes": secret},
+        "additionalInformation": secret,
+        "participants": [{"organizationId": A, "users": [{"firstName": "Jane", "email": "jane@contoso.example"}]}],
+    }
+    _, activity = editing.update(PARTNER, document, [], patch, LATER) or ({}, {})
+    assert activity["changes"] == []
+    assert activity["changedProperties"] == [
+        "additionalInformation",
+        "customerProfile.address",
+        "customerProfile.contact",
+        "customerProfile.name",
+        "customerRequirements",
+        "details",
+        "participants",
+    ]
+    history = str(activity)
+    assert "Jane" not in history and "contoso" not in history and "confidential" not in history
+
+
+def test_a_participant_status_change_is_named_by_organization_and_an_invitation_starts_from_nothing() -> None:
+    document = created(participants=[{"organizationId": B}])
+    answered, activity = editing.update(
+        OTHER, document, [], {"participants": [{"organizationId": B, "status": "Accepted"}]}, LATER
+    ) or ({}, {})
+    assert activity["changes"] == [{"property": f"participants[{B}].status", "from": "Invited", "to": "Accepted"}]
+    third = "44444444-4444-4444-8444-444444444444"
+    _, invited = editing.update(
+        OTHER, answered, [], {"participants": [{"organizationId": third}], "status": "Lost"}, LATER
+    ) or ({}, {})
+    assert invited["changes"] == [
+        {"property": "status", "from": "Pending", "to": "Lost"},
+        {"property": f"participants[{third}].status", "to": "Invited"},
+    ]
+
+
+ADMIN = Caller("11111111-1111-4111-8111-111111111111", can_read=True, can_write=True, is_admin=True)
+INVITEES = [f"00000000-0000-4000-8000-{index:012d}" for index in range(Limits.PARTICIPANTS - 1)]
+
+
+def test_one_update_changes_at_most_ten_existing_participant_statuses_but_may_invite_many() -> None:
+    document = created(participants=[{"organizationId": organization} for organization in INVITEES])
+    assert len(document["participants"]) == Limits.PARTICIPANTS
+    expire = [{"organizationId": organization, "status": "Expired"} for organization in INVITEES]
+    limit = Limits.PARTICIPANT_STATUS_CHANGES
+    _, activity = editing.update(ADMIN, document, [], {"participants": expire[:limit]}, LATER) or ({}, {})
+    assert len(activity["changes"]) == limit
+    with pytest.raises(InvalidRequest) as raised:
+        editing.update(ADMIN, document, [], {"participants": expire[: limit + 1]}, LATER)
+    assert raised.value.target == "participants"
+    invited = created()
+    many = [{"organizationId": organization} for organization in INVITEES]
+    _, invitation = editing.update(PARTNER, invited, [], {"participants": many}, LATER) or ({}, {})
+    assert len(invitation["changes"]) == len(INVITEES)
+
+
+def test_the_largest_activity_an_update_can_write_stays_small() -> None:
+    """The referral's row holds its newest activities beside a referral of up to REFERRAL_JSON_UNITS:
+    shared/store.py keeps at least the newest 50 there, within 150 KB of UTF-8. The largest activity
+    under the rules changes every tracked value to its longest form, the most participant statuses,
+    and every other property; invitations are not limited per update, but there are 49 at most."""
+    document = created(
+        participants=[{"organizationId": organization} for organization in INVITEES],
+        details={"dealValue": 1.2345678901234567e-05, "currency": "EUR", "closingDate": "2026-01-01", "notes": "n"},
+        customerProfile={"name": "C", "id": "i", "address": {"country": "DE"}, "contact": {"lastName": "l"}},
+        customerRequirements={"industries": ["x"], "products": ["p"], "services": ["s"], "solutions": "s"},
+        additionalInformation="a",
+    )
+    patch = {
+        "status": "Active",
+        "referralSource": "WebDirect",
+        "details": {"dealValue": 2.2345678901234567e-05, "currency": "USD", "closingDate": "2027-12-31", "notes": "m"},
+        "customerProfile": {"name": "D", "id": "j", "address": {"country": "FR"}, "contact": {"lastName": "k"}},
+        "customerRequirements": {"industries": ["y"], "products": ["q"], "services": ["t"], "solutions": "t"},
+        "additionalInformation": "b",
+        "participants": [
+            {"organizationId": organization, "status": "Missed", "users": [{"firstName": "f"}]}
+            for organization in INVITEES[: Limits.PARTICIPANT_STATUS_CHANGES]
+        ],
+    }
+    _, largest = editing.update(ADMIN, document, [], patch, LATER) or ({}, {})
+    assert len(largest["changes"]) == len(TRACKED_PROPERTIES) + Limits.PARTICIPANT_STATUS_CHANGES
+    size = len(to_json(largest).encode("utf-8"))
+    assert size < 2100, size  # about 2 KB (440 bytes without `changes`)
+    invitation = len(to_json({"property": f"participants[{INVITEES[0]}].status", "to": "Invited"}))
+    assert ACTIVITIES_PER_HISTORY_ROW * (size + 1) + len(INVITEES) * (invitation + 1) < 150_000
+
+
+def test_activities_with_changes_and_without_them_are_valid_and_read_back_unchanged() -> None:
+    _, activity = editing.update(PARTNER, created(), [], {"status": "Active"}, LATER) or ({}, {})
+    written_before = {key: value for key, value in activity.items() if key != "changes"}
+    for item in (activity, written_before):
+        assert Activity.model_validate(item).to_json_dict() == item
+    # GET-modify-POST sends them back, under any spelling of their names.
+    assert canonicalize({"Activities": [{"Changes": [{"PROPERTY": "status", "From": "Pending", "TO": "Active"}]}]}) == {
+        "activities": [{"changes": [{"property": "status", "from": "Pending", "to": "Active"}]}]
+    }
+    with pytest.raises(ValueError, match="changes"):
+        Activity.model_validate({**activity, "changes": [{"property": "status", "from_": "Pending"}]})
 
 
 def test_a_referral_larger_than_the_limit_is_refused() -> None:
