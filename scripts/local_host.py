@@ -70,16 +70,20 @@ def _parse_timespan(value: str) -> timedelta:
 
 
 def route_pattern(prefix: str, template: str) -> re.Pattern[str]:
-    """A regex for a Functions route template: `{name}`, `{name?}` (optional), `{name:constraint}`."""
+    """A regex for a Functions route template: `{name}`, `{name?}` (optional), `{name:constraint}`, and
+    `{*name}` / `{**name}` (catch-all, ASP.NET Core's: the last segment only, the rest of the path
+    slashes included, and absent rather than empty when nothing follows, as `{p1}/{*p2}` on `v1/`)."""
     regex = "^/" + re.escape(prefix.strip("/")) if prefix.strip("/") else "^"
     for segment in template.strip("/").split("/"):
-        parameter = re.fullmatch(r"\{(\w+)(?::[^}?]*)?(\?)?\}", segment)
+        parameter = re.fullmatch(r"\{(\*{1,2})?(\w+)(?::[^}?]*)?(\?)?\}", segment)
         if parameter is None:
             regex += "/" + re.escape(segment)
-        elif parameter.group(2):
-            regex += f"(?:/(?P<{parameter.group(1)}>[^/]+))?"
+        elif parameter.group(1):
+            regex += f"(?:/(?P<{parameter.group(2)}>.+?))?"  # lazy: a final "/" is left to the "/?$" below
+        elif parameter.group(3):
+            regex += f"(?:/(?P<{parameter.group(2)}>[^/]+))?"
         else:
-            regex += f"/(?P<{parameter.group(1)}>[^/]+)"
+            regex += f"/(?P<{parameter.group(2)}>[^/]+)"
     return re.compile(regex + "/?$", re.IGNORECASE)
 
 

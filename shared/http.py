@@ -27,11 +27,12 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from shared.history import HistoryQuery, history_token
 from shared.listing import ListQuery, page_token
 from shared.model import REFERRAL_ID_PATTERN, Limits
 from shared.policy import Caller
-from shared.service import Page
-from shared.store import StoredReferral
+from shared.service import HistoryPage, Page
+from shared.store import StoredReferral, to_json
 
 log = logging.getLogger("referrals.http")
 
@@ -152,6 +153,15 @@ class Call:
         }
         base = self.request.url.split("?", 1)[0]
         return f"{base}?{urlencode({name: value for name, value in parameters.items() if value is not None})}"
+
+    def history_response(self, page: HistoryPage, query: HistoryQuery) -> func.HttpResponse:
+        result: dict[str, Any] = {"value": page.activities}
+        if page.next_start is not None and self.caller is not None and self.referral_id is not None:
+            token = history_token(self.caller, self.referral_id, page.next_start, page.activities[-1]["date"])
+            # As in a listing's nextLink, the function key (`code`) is not copied into the link.
+            base = self.request.url.split("?", 1)[0]
+            result["nextLink"] = f"{base}?{urlencode({'top': str(query.top), 'skipToken': token})}"
+        return self.respond(200, to_json(result).encode("utf-8"))
 
     def not_modified(self, etag: str) -> func.HttpResponse:
         return self.respond(304, b"", {"ETag": etag}, content_type=None)

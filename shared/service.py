@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared import editing
 from shared.errors import AccessDenied, InvalidRequest, ItemNotFound, PreconditionFailed, ServiceNotAvailable
+from shared.history import HistoryQuery, invalid_token
 from shared.listing import ALL_ORGANIZATIONS, ListQuery, index_owner
 from shared.patching import JsonObject
 from shared.policy import Caller, can_see
@@ -78,11 +79,36 @@ class Page:
     last_key: str | None  # where the next page starts; None on the last page
 
 
+@dataclass(frozen=True)
+class HistoryPage:
+    activities: list[JsonObject]
+    next_start: int | None  # the number of the next page's first activity; None on the last page
+
+
 def get_referral(store: ReferralStore, caller: Caller, referral_id: str) -> StoredReferral:
     stored = store.read(referral_id)
     if stored is None or not can_see(caller, stored.organizations):
         raise _not_found(referral_id)
     return stored
+
+
+def get_history(store: ReferralStore, caller: Caller, referral_id: str, query: HistoryQuery) -> HistoryPage:
+    """A page of every activity of a referral the caller may see, archived ones included, oldest first.
+
+    The referral is read first: visibility is decided on it, and it fixes how far the history went
+    when this page was asked for (`ReferralStore.history_window`). A resumed page also reads the
+    activity before it and checks it is the one the token recorded.
+    """
+    current = get_referral(store, caller, referral_id)
+    if query.start == 0:
+        activities, total = store.history_window(current, 0, query.top)
+    else:
+        window, total = store.history_window(current, query.start - 1, query.top + 1)
+        if query.start >= total or window[0]["date"] != query.previous_date:
+            raise invalid_token()  # history only grows: a token the API minted names an activity it has
+        activities = window[1:]
+    end = query.start + len(activities)
+    return HistoryPage(activities, end if end < total else None)
 
 
 def current_etag(store: ReferralStore, caller: Caller, referral_id: str) -> str:

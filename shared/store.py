@@ -9,7 +9,9 @@ the organization index partitions below start with):
   dropped out of the newest 100 but are not archived yet. `Version` is the public ETag: random per
   write, so it reveals nothing of storage. `Organizations` lets a read decide visibility without
   parsing the body.
-- RowKey `history-0000000000`, `history-0000000001`, ...: archived activities, oldest first, 50 a row.
+- RowKey `history-0000000000`, `history-0000000001`, ...: archived activities, oldest first, exactly
+  50 a row, written once and never changed: activity n (numbered from 0) is in row n // 50, which is
+  how a page of the history is read without the rows before it (`history_window`).
 
 Every write is one conditional operation on the referral row (If-Match on the storage ETag read
 before), so a referral and its history never disagree. When 50 activities have gathered in `Older`,
@@ -25,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +120,10 @@ def to_json(value: Any) -> str:
 
 def utf16_units(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
+
+
+def _history_row(index: int) -> str:
+    return f"{HISTORY_ROW_PREFIX}{index:010d}"
 
 
 def _organizations(joined: str) -> frozenset[str]:
@@ -385,21 +392,40 @@ class ReferralStore:
 
     def history(self, referral_id: str) -> list[dict[str, Any]]:
         """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""
-        with _storage_faults("history"):
-            rows = list(
-                self._table.query_entities(
-                    "PartitionKey eq @pk and RowKey ge @low and RowKey lt @high",
-                    parameters={"pk": referral_id, "low": HISTORY_ROW_PREFIX, "high": "history."},
-                )
-            )
-        activities: list[dict[str, Any]] = []
-        for row in sorted(rows, key=lambda entity: entity["RowKey"]):
-            activities.extend(json.loads(_get_text(row, "Activities")))
         current = self.read(referral_id)
-        if current is not None:
-            activities.extend(json.loads(current.older_json) if current.older_json else [])
-            activities.extend(current.document()[1])
-        return activities
+        return [] if current is None else self.history_window(current, 0, sys.maxsize)[0]
+
+    def history_window(self, current: StoredReferral, first: int, count: int) -> tuple[list[dict[str, Any]], int]:
+        """Activities `first` to `first + count - 1` (numbered from 0, oldest first) of the referral as
+        `current` holds it, and how many activities it has.
+
+        `current` was read first and says how many rows were archived then; rows are written once
+        and never change, so the window agrees with `current` whatever was written since: an update
+        that archives 50 activities after `current` was read makes no activity appear twice or not
+        at all. Only the rows the window needs are read, in one range query.
+        """
+        archived = current.archived_rows * ACTIVITIES_PER_HISTORY_ROW
+        unarchived = (json.loads(current.older_json) if current.older_json else []) + current.document()[1]
+        total = archived + len(unarchived)
+        end = min(first + count, total)
+        activities: list[dict[str, Any]] = []
+        if first < min(end, archived):
+            low, high = first // ACTIVITIES_PER_HISTORY_ROW, (min(end, archived) - 1) // ACTIVITIES_PER_HISTORY_ROW
+            with _storage_faults("history"):
+                rows = list(
+                    self._table.query_entities(
+                        "PartitionKey eq @pk and RowKey ge @low and RowKey le @high",
+                        parameters={"pk": current.referral_id, "low": _history_row(low), "high": _history_row(high)},
+                    )
+                )
+            for row in sorted(rows, key=lambda entity: entity["RowKey"]):
+                activities.extend(json.loads(_get_text(row, "Activities")))
+            if len(activities) != (high - low + 1) * ACTIVITIES_PER_HISTORY_ROW:
+                raise RuntimeError(f"History rows {low}-{high} of a referral are not whole.")
+            offset = low * ACTIVITIES_PER_HISTORY_ROW
+            activities = activities[first - offset : min(end, archived) - offset]
+        activities.extend(unarchived[max(first - archived, 0) : max(end - archived, 0)])
+        return activities, total
 
     def _prepare(
         self,
@@ -415,12 +441,10 @@ class ReferralStore:
         shown = shown[-keep:]
         archive_row = None
         if len(older) >= ACTIVITIES_PER_HISTORY_ROW:
-            archive_row = {
-                "PartitionKey": referral_id,
-                "RowKey": f"{HISTORY_ROW_PREFIX}{archived_rows:010d}",
-            }
-            _put_text(archive_row, "Activities", to_json(older))
-            older, archived_rows = [], archived_rows + 1
+            # Exactly ACTIVITIES_PER_HISTORY_ROW a row: `history_window` finds activity n in row n // 50.
+            archive_row = {"PartitionKey": referral_id, "RowKey": _history_row(archived_rows)}
+            _put_text(archive_row, "Activities", to_json(older[:ACTIVITIES_PER_HISTORY_ROW]))
+            older, archived_rows = older[ACTIVITIES_PER_HISTORY_ROW:], archived_rows + 1
 
         body = to_json({**document, "activities": shown})
         organizations = frozenset(p["organizationId"] for p in document.get("participants", []))

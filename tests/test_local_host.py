@@ -106,3 +106,52 @@ def test_the_query_contract_holds_under_the_host(
     if target is not None:
         assert body["error"]["code"] == "invalidRequest"
         assert body["error"]["target"] == target
+
+
+def test_a_catch_all_takes_the_rest_of_the_path_and_is_absent_when_nothing_follows() -> None:
+    pattern = route_pattern("api", "v1/referrals/{referralId?}/{*subresource}")
+    cases = {
+        "/api/v1/referrals": {"referralId": None, "subresource": None},
+        "/api/v1/referrals/abc/": {"referralId": "abc", "subresource": None},
+        "/api/v1/referrals/abc/activities": {"referralId": "abc", "subresource": "activities"},
+        "/api/v1/referrals/abc/activities/": {"referralId": "abc", "subresource": "activities"},
+        "/api/v1/referrals/abc/a/b": {"referralId": "abc", "subresource": "a/b"},
+    }
+    for path, values in cases.items():
+        assert pattern.match(path).groupdict() == values, path  # type: ignore[union-attr]
+    assert route_pattern("", "files/{**path}").match("/files/x/y").groupdict() == {"path": "x/y"}  # type: ignore[union-attr]
+
+
+def test_the_history_over_http_pages_through_every_activity_and_only_that_path_is_served(
+    base_url: str, api: Api
+) -> None:
+    token = api.token()
+    referral = f"{base_url}/api/v1/referrals/{new_id()}"
+    assert call(referral, token, "POST", minimal_referral())[0] == 201
+    for number in range(6):
+        assert call(referral, token, "POST", {"additionalInformation": f"change {number}"})[0] == 200
+    assert call(referral, token, "POST", {"status": "Active"})[0] == 200
+    activities: list[Any] = []
+    url: str | None = f"{referral}/activities?top=3"
+    while url is not None:
+        status, _, page = call(url, token)
+        assert status == 200, page
+        activities += page["value"]
+        url = page.get("nextLink")
+        assert url is None or url.startswith(f"{referral}/activities?")
+    assert len(activities) == 8 and activities[0]["action"] == "Created"
+    assert activities[-1]["changes"] == [{"property": "status", "from": "Pending", "to": "Active"}]
+    assert call(referral, token)[2]["activities"] == activities
+    for path, status, code in [
+        ("/activities/", 200, None),
+        ("/Activities", 200, None),
+        ("/activity", 404, "itemNotFound"),
+        ("/activities/more", 404, "itemNotFound"),
+    ]:
+        reply_status, _, body = call(f"{referral}{path}", token)
+        assert reply_status == status, (path, body)
+        assert code is None or body["error"]["code"] == code
+    status, _, body = call(f"{base_url}/api/v1/referrals//activities", token)
+    assert status == 400 and body["error"]["target"] == "referralId"
+    status, _, body = call(f"{referral}/activities", token, "POST", {})
+    assert status == 405 and "error" in body

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 import shared.errors
-from shared import listing
+from shared import history, listing
 from shared.model import (
     MAX_CHANGES,
     READ_ONLY_PROPERTIES,
@@ -267,6 +267,12 @@ def test_limits_outside_the_models_match() -> None:
     assert (parameters["top"]["minimum"], parameters["top"]["maximum"]) == (1, listing.MAX_TOP)
     assert parameters["top"]["default"] == listing.DEFAULT_TOP
     assert SCHEMAS["ReferralPage"]["properties"]["value"]["maxItems"] == listing.MAX_TOP
+    operation = SPEC["paths"]["/v1/referrals/{referralId}/activities"]["get"]
+    parameters = {p["name"]: p["schema"] for p in operation["parameters"] if "name" in p}
+    assert (parameters["top"]["minimum"], parameters["top"]["maximum"]) == (1, history.MAX_TOP)
+    assert parameters["top"]["default"] == history.DEFAULT_TOP
+    assert parameters["skipToken"]["maxLength"] == history.MAX_TOKEN_LENGTH
+    assert SCHEMAS["ActivityPage"]["properties"]["value"]["maxItems"] == history.MAX_TOP
     assert SCHEMAS["Activity"]["properties"]["changes"]["maxItems"] == MAX_CHANGES
     update = SPEC["paths"]["/v1/referrals/{referralId}"]["post"]["description"]
     assert f"at most {Limits.PARTICIPANT_STATUS_CHANGES} participants" in " ".join(update.split())
@@ -284,6 +290,7 @@ def test_error_codes_are_the_ones_the_service_raises() -> None:
 EXPECTED_RESPONSES = {
     ("/v1/referrals", "get"): {"200", "400", "401", "403", "500", "503"},
     ("/v1/referrals/{referralId}", "get"): {"200", "304", "400", "401", "403", "404", "500", "503"},
+    ("/v1/referrals/{referralId}/activities", "get"): {"200", "400", "401", "403", "404", "500", "503"},
     ("/v1/referrals/{referralId}", "post"): {
         "200",
         "201",
@@ -314,7 +321,7 @@ def test_every_operation_documents_its_responses_and_headers(operation: tuple[st
         if status.startswith(("4", "5")):
             assert "x-ms-error-code" in headers, status
             assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
-    if "200" in responses and method == "get" and "{referralId}" in path:
+    if "200" in responses and method == "get" and path == "/v1/referrals/{referralId}":
         assert "ETag" in responses["200"]["headers"] and "ETag" in responses["304"]["headers"]
     if method == "post":
         assert {"ETag", "Location"} <= set(responses["201"]["headers"])
