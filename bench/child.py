@@ -1,6 +1,6 @@
 """Fresh processes for the cold-start and memory figures; `bench.run` starts them, never a person.
 
-    python -m bench.child handler   # a fresh interpreter answering its first GET through get_referral.main
+    python -m bench.child handler   # a fresh interpreter answering its first GET through the runtime
     python -m bench.child modules   # the same, then prints the third-party modules it had imported
     python -m bench.child raw       # imports those modules (BENCH_MODULES), then reads the entity raw
     python -m bench.child serve-handler | serve-raw   # N mixed requests, then peak RSS
@@ -44,35 +44,41 @@ def _cpu_ms() -> float:
 
 
 def _handler_first_get() -> None:
-    import azure.functions as func
+    """Through azure-functions-runtime-v1, as a new worker in Azure: init, specialization, indexing and
+    loading every function of the app (their imports), then the first invocation."""
+    from pathlib import Path
 
-    import get_referral
-    import update_referral  # noqa: F401 (the worker loads every function of the app before the first call)
+    from scripts.host_http import HostRequest
+    from scripts.runtime_driver import RuntimeDriver
 
+    driver = RuntimeDriver(Path(__file__).resolve().parent.parent)
+    functions = driver.start(os.environ)
     imported = time.perf_counter()
     referral_id = os.environ["BENCH_REFERRAL"]
-    request = func.HttpRequest(
+    request = HostRequest(
         method="GET",
         url=f"http://localhost:7071/api/v1/referrals/{referral_id}",
-        headers={"Authorization": f"Bearer {os.environ['BENCH_TOKEN']}"},
-        params={},
+        headers={"authorization": f"Bearer {os.environ['BENCH_TOKEN']}"},
+        query={},
         route_params={"referralId": referral_id},
-        body=b"",
+        body=None,
     )
-    response = get_referral.main(request)
+    response = driver.invoke_http(functions["get_referral"], request, timeout=30)
     done = time.perf_counter()
-    if response.status_code != 200:
-        _emit(error=f"first GET answered {response.status_code}: {response.get_body()[:300]!r}")
+    if response.status != 200:
+        _emit(error=f"first GET answered {response.status}: {response.body[:300]!r}")
         sys.exit(2)
     _emit(imports_ms=(imported - STARTED) * 1000, first_call_ms=(done - imported) * 1000, cpu_ms=_cpu_ms(),
           rss_kib=_rss_kib())
 
 
 def _third_party_modules() -> list[str]:
+    """Installed modules the handler child had imported, less the FunctionRpc messages, which live
+    under a private package name that only `load_protos` can import (the raw child calls it)."""
     names = []
     for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None) or ""
-        if "site-packages" in path:
+        if "site-packages" in path and not name.startswith("_local_host_function_rpc"):
             names.append(name)
     return names
 
@@ -87,6 +93,10 @@ def _raw_first_get() -> None:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 (a module that only imports inside its package's init)
                 failed += 1
+    # The worker has the FunctionRpc messages loaded before any app code runs: so does the baseline.
+    from scripts.runtime_driver import load_protos
+
+    load_protos()
     from azure.data.tables import TableClient
 
     imported = time.perf_counter()

@@ -23,6 +23,8 @@ from azure.data.tables import TableClient, UpdateMode
 
 from scripts.azurite import Azurite
 from scripts.dev_tokens import DEV_AUDIENCE, DEV_HOME_TENANT, DEV_PARTNER_TENANTS, SigningKey
+from scripts.host_http import HostRequest, HostResponse, header_map
+from scripts.runtime_driver import LoadedFunction, RuntimeDriver
 from shared.timestamps import utc_now
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +140,32 @@ def post_request(token: str, referral_id: str, patch: dict[str, Any], if_match: 
         method="POST", url=f"{URL}/{referral_id}", headers=headers, params={},
         route_params={"referralId": referral_id}, body=json.dumps(patch).encode(),
     )
+
+
+@dataclass
+class RuntimeApp:
+    """The function folders loaded into azure-functions-runtime-v1 in this process, invoked as the proxy
+    worker invokes them: what `make run` and Azure run, without the socket."""
+
+    driver: RuntimeDriver
+    get_function: LoadedFunction
+
+    @classmethod
+    def start(cls) -> RuntimeApp:
+        driver = RuntimeDriver(ROOT)
+        functions = driver.start(os.environ)
+        return cls(driver, functions["get_referral"])
+
+    def get(self, token: str, referral_id: str) -> HostResponse:
+        headers = {"Authorization": f"Bearer {token}", "x-ms-client-request-id": "bench-get"}
+        request = HostRequest(
+            method="GET", url=f"{URL}/{referral_id}", headers=header_map(headers.items()), query={},
+            route_params={"referralId": referral_id}, body=None,
+        )
+        response = self.driver.invoke_http(self.get_function, request, timeout=30)
+        if response.status != 200:
+            raise HarnessError(f"GET {referral_id} through the runtime answered {response.status}")
+        return response
 
 
 def list_request(token: str, top: int) -> func.HttpRequest:
