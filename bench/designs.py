@@ -44,9 +44,9 @@ class Designs:
 
     def _rows(self, referral_id: str) -> list[dict[str, Any]]:
         self.counter += 1
-        key = f"{10**17 - time.time_ns() // 1000:017d}:{referral_id}"
+        key = f"{time.time_ns() // 1000:017d}:{referral_id}"
         return [
-            {"PartitionKey": workload.index_partition(org), "RowKey": key, "ReferralId": referral_id,
+            {"PartitionKey": workload.index_partition(org, referral_id), "RowKey": key, "ReferralId": referral_id,
              "Version": f'"v{self.counter}"', "UpdatedDate": utc_now(), "Status": "Active",
              "ReferralSource": "PartnerLed"}
             for org in ORGANIZATIONS

@@ -38,12 +38,11 @@ RAW_PREFIX = "raw-"
 URL = "http://localhost:7071/api/v1/referrals"
 
 
-def index_partition(organization: str) -> str:
-    """The partition of an organization's listing index, as the store names it."""
+def index_partition(organization: str, referral_id: str = "") -> str:
+    """The partition of an organization's listing index that holds `referral_id`, as the store names it."""
     from shared import store
 
-    naming = getattr(store, "index_partition", None)
-    return str(naming(organization)) if naming else f"org:{organization}"
+    return str(store.index_partition(organization, referral_id))
 
 
 class HarnessError(Exception):
@@ -265,9 +264,9 @@ class Raw:
         """Read, then replace the entity if unchanged: a new version, one more activity in the body."""
         entity = self.table.get_entity(partition, REFERRAL_ROW)
         updated = {name: value for name, value in entity.items() if not name.startswith("Body")}
-        body = "".join(entity[f"Body{index}"] for index in range(entity["BodyParts"]))
-        body = body[:-2] + "," + self.activity + "]}"  # the body ends with its activities
-        size = 32_000 if body.isascii() else 16_000  # one string property holds 32K UTF-16 units
+        body = b"".join(entity[f"Body{index}"] for index in range(entity["BodyParts"]))
+        body = body[:-2] + b"," + self.activity.encode() + b"]}"  # the body ends with its activities
+        size = 64_000  # UTF-8 in binary properties of at most 64 KiB, as the store keeps it
         parts = [body[start : start + size] for start in range(0, len(body), size)]
         updated["BodyParts"] = len(parts)
         updated.update({f"Body{index}": part for index, part in enumerate(parts)})

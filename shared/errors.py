@@ -68,6 +68,13 @@ class InvalidStatusTransition(ApiError):
     code = "invalidStatusTransition"
 
 
+class Gone(ApiError):
+    """A link that worked once and no longer does: the client starts over (a deltaLink past its life)."""
+
+    status = 410
+    code = "deltaLinkExpired"
+
+
 class PreconditionFailed(ApiError):
     status = 412
     code = "preconditionFailed"

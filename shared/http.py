@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 
+from shared import budget
 from shared.auth import get_validator
 from shared.errors import (
     ApiError,
@@ -28,7 +29,7 @@ from shared.errors import (
     UnsupportedMediaType,
 )
 from shared.history import HistoryQuery, history_token
-from shared.listing import ListQuery, page_token
+from shared.listing import ListQuery
 from shared.model import REFERRAL_ID_PATTERN, Limits
 from shared.policy import Caller
 from shared.service import HistoryPage, Page
@@ -133,23 +134,25 @@ class Call:
         return self.respond(status, stored.body.encode("utf-8"), headers)
 
     def page_response(self, page: Page, query: ListQuery) -> func.HttpResponse:
-        # The stored bodies are already the JSON GET returns: splice them in rather than re-encode.
-        parts = ['{"value":[', ",".join(referral.body for referral in page.referrals), "]"]
-        if page.last_key is not None and self.caller is not None:
-            parts.append(
-                ',"nextLink":' + json.dumps(self._next_link(query, page_token(query, self.caller, page.last_key)))
-            )
+        # The stored bodies are already JSON: splice the referrals in (without their activities,
+        # `StoredReferral.summary`) rather than re-encode them.
+        parts = ['{"value":[', ",".join(referral.summary() for referral in page.referrals), "]"]
+        if page.next_token is not None:
+            parts.append(',"nextLink":' + json.dumps(self._listing_link(query, "skipToken", page.next_token)))
+        if page.delta_token is not None:
+            parts.append(',"deltaLink":' + json.dumps(self._listing_link(query, "deltaToken", page.delta_token)))
         parts.append("}")
         return self.respond(200, "".join(parts).encode("utf-8"))
 
-    def _next_link(self, query: ListQuery, token: str) -> str:
-        # The function key (`code`) is not copied into the link: send it as the x-functions-key header.
+    def _listing_link(self, query: ListQuery, name: str, token: str) -> str:
+        """An absolute link to more of a listing: the same filters, and a token.
+        The function key (`code`) is not copied into it: send it as the x-functions-key header."""
         parameters = {
             "status": query.status,
             "referralSource": query.referral_source,
             "updatedSince": query.updated_since,
             "top": str(query.top),
-            "skipToken": token,
+            name: token,
         }
         base = self.request.url.split("?", 1)[0]
         return f"{base}?{urlencode({name: value for name, value in parameters.items() if value is not None})}"
@@ -249,17 +252,8 @@ def _json_problem(error: Exception) -> str:
 def handle(request: func.HttpRequest, use_case: Callable[[Call], func.HttpResponse]) -> func.HttpResponse:
     started = time.perf_counter()
     call = Call(request)
-    try:
-        response = use_case(call)
-    except ApiError as error:
-        if isinstance(error, ConfigurationError):
-            log.error(
-                json.dumps({"event": "configurationError", "setting": error.setting, "requestId": call.request_id})
-            )
-        response = call.error_response(error)
-    except Exception:
-        log.exception(json.dumps({"event": "unhandledError", "requestId": call.request_id}))
-        response = call.error_response(ApiError("An unexpected error occurred; it has been logged."))
+    with budget.request():  # the request's time budget, which every storage call it makes shares
+        response = _answer(call, use_case)
     log.info(
         json.dumps(
             {
@@ -275,3 +269,18 @@ def handle(request: func.HttpRequest, use_case: Callable[[Call], func.HttpRespon
         )
     )
     return response
+
+
+def _answer(call: Call, use_case: Callable[[Call], func.HttpResponse]) -> func.HttpResponse:
+    """The use case's response, or the error envelope for whatever it raised."""
+    try:
+        return use_case(call)
+    except ApiError as error:
+        if isinstance(error, ConfigurationError):
+            log.error(
+                json.dumps({"event": "configurationError", "setting": error.setting, "requestId": call.request_id})
+            )
+        return call.error_response(error)
+    except Exception:
+        log.exception(json.dumps({"event": "unhandledError", "requestId": call.request_id}))
+        return call.error_response(ApiError("An unexpected error occurred; it has been logged."))

@@ -36,12 +36,28 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from shared import editing
-from shared.errors import AccessDenied, InvalidRequest, ItemNotFound, PreconditionFailed, ServiceNotAvailable
+from shared.budget import MAX_CLOCK_SKEW_SECONDS, REQUEST_BUDGET_SECONDS
+from shared.errors import (
+    AccessDenied,
+    Gone,
+    InvalidRequest,
+    ItemNotFound,
+    PreconditionFailed,
+    ServiceNotAvailable,
+)
 from shared.history import HistoryQuery, invalid_token
-from shared.listing import ALL_ORGANIZATIONS, ListQuery, index_owner
+from shared.listing import ListQuery, check_token, delta_token, index_owner, page_token
 from shared.patching import JsonObject
 from shared.policy import Caller, can_see
-from shared.store import AlreadyExists, IndexEntry, ReferralStore, StoredReferral, WriteConflict, new_etag
+from shared.store import (
+    ALL_ORGANIZATIONS,
+    AlreadyExists,
+    IndexEntry,
+    ReferralStore,
+    StoredReferral,
+    WriteConflict,
+    new_etag,
+)
 from shared.timestamps import format_utc, parse_utc, utc_now
 
 log = logging.getLogger("referrals.service")
@@ -53,6 +69,15 @@ MAX_WRITE_ATTEMPTS = 12
 IN_FLIGHT_GRACE = timedelta(minutes=5)
 # A listing examines at most this many index rows per requested item before it returns a short page.
 MAX_ROWS_EXAMINED_PER_ITEM = 10
+# A delta reads back this far before the moment its link stands for. A write whose response reached
+# its caller after that moment committed after it, and was dated at most a request's time budget
+# before committing (`_stamp_after` runs inside the request), by a clock at most
+# MAX_CLOCK_SKEW_SECONDS from the one that dated the link: so its version is dated after the floor.
+DELTA_MARGIN = timedelta(seconds=REQUEST_BUDGET_SECONDS + MAX_CLOCK_SKEW_SECONDS)
+# How long a deltaLink can be followed. Past this, 410 deltaLinkExpired: start over with a listing.
+DELTA_LINK_LIFETIME = timedelta(days=30)
+# A page's JSON stays under this: a listing of 100 referrals at their size limit would be ~60 MB.
+MAX_PAGE_BYTES = 4 * 1024 * 1024 - 8 * 1024  # 8 KiB for the envelope and its links
 
 
 @dataclass(frozen=True)
@@ -76,7 +101,8 @@ class _UnsettledWrite:
 @dataclass(frozen=True)
 class Page:
     referrals: list[StoredReferral]
-    last_key: str | None  # where the next page starts; None on the last page
+    next_token: str | None  # the skipToken of the next page; None on the last page
+    delta_token: str | None  # on the last page: the deltaToken of what changes from the run's start on
 
 
 @dataclass(frozen=True)
@@ -190,15 +216,50 @@ def create_or_update(
 
 
 def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Page:
-    """The caller's referrals, newest `updatedDate` first, each verified against the referral itself."""
+    """A page of the caller's referrals, oldest `updatedDate` first, each verified against the
+    referral itself and without its activities; the skipToken of the next page, or on the last page
+    the deltaToken of the changes from the run's start on.
+
+    A run is a full listing, or a delta (a deltaToken's changes: the referrals whose current version
+    is dated at or after DELTA_MARGIN before the moment it stands for). Its pages move through the
+    index oldest first, and an update moves a referral's row ahead (later), never behind: so the
+    pages of a run, followed to the last, show every referral the caller may see, that matches the
+    query and whose write succeeded before the run began. A row whose referral has moved on since
+    shows the referral as it is now (`_listed`): a referral in mid-update shows at its old version or
+    its new one, never at neither, and may show again on a later page at a later version.
+    """
+    key = store.page_token_key()
+    check_token(query, caller, key)
+    started, floor = query.started, query.floor
+    if query.delta_since is not None:
+        if parse_utc(utc_now()) - parse_utc(query.delta_since) > DELTA_LINK_LIFETIME:
+            raise Gone(
+                "This deltaLink has expired; list the referrals again and follow the new deltaLink.",
+                target="deltaToken",
+            )
+        floor = format_utc(parse_utc(query.delta_since) - DELTA_MARGIN)
+    started = started or utc_now()
+    referrals, end, more = _scan(store, caller, query, floor)
+    if more and end is not None:
+        return Page(referrals, page_token(query, caller, key, end, started, floor), None)
+    return Page(referrals, None, delta_token(query, caller, key, started))
+
+
+def _scan(
+    store: ReferralStore, caller: Caller, query: ListQuery, floor: str | None
+) -> tuple[list[StoredReferral], str | None, bool]:
+    """The referrals of one page, the row key it ends at, and whether a next page could hold more."""
     owner = index_owner(caller)
+    since = max(filter(None, (query.updated_since, floor)), default=None)
     found: list[StoredReferral] = []
+    shown_ids: set[str] = set()
+    page_bytes = 0
     last_key = query.after_key
     examined = 0
     pages = store.scan_index(
         owner,
         after_key=query.after_key,
-        updated_since=query.updated_since,
+        updated_since=since,
         status=query.status,
         referral_source=query.referral_source,
         page_size=query.top + 1,
@@ -209,31 +270,61 @@ def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Pa
         try:
             for position, row in enumerate(rows):
                 if examined >= query.top * MAX_ROWS_EXAMINED_PER_ITEM:
-                    return Page(found, last_key)  # a short page: rows remain, the next page starts after
+                    return found, last_key, True  # a short page: rows remain, the next page starts after
+                current = referrals[row.referral_id]
+                listed = _listed(row, current, caller, owner, query, since)
+                if listed is not None and listed.referral_id not in shown_ids:
+                    size = len(listed.summary().encode("utf-8")) + 1
+                    if found and page_bytes + size > MAX_PAGE_BYTES:
+                        return found, last_key, True  # full by size: this row starts the next page
+                    page_bytes += size
+                    found.append(listed)
+                    shown_ids.add(listed.referral_id)
                 examined += 1
                 last_key = row.row_key
-                current = referrals[row.referral_id]
-                shown = _shown(row, current, caller, owner)
-                if shown is not None:
-                    found.append(shown)
-                    if len(found) == query.top:
-                        # A next page only if something could be on it: the rows read with this one
-                        # (already verified for free) or rows storage has not sent yet.
-                        rest = rows[position + 1 :]
-                        more = more_rows or any(_shown(r, referrals[r.referral_id], caller, owner) for r in rest)
-                        return Page(found, last_key if more else None)
-                elif _is_leftover(row, current):
+                if (listed is None or listed.etag != row.version) and _is_leftover(row, current):
                     stale.append(row)
+                if len(found) == query.top:
+                    # A next page only if something could be on it: the rows read with this one
+                    # (already verified for free) or rows storage has not sent yet.
+                    rest = rows[position + 1 :]
+                    more = more_rows or any(
+                        r.referral_id not in shown_ids
+                        and _listed(r, referrals[r.referral_id], caller, owner, query, since) is not None
+                        for r in rest
+                    )
+                    return found, last_key, more
         finally:
             store.delete_index_entries(stale, wait=False)
-    return Page(found, None)
+    return found, last_key, False
 
 
-def _shown(row: IndexEntry, current: StoredReferral | None, caller: Caller, owner: str) -> StoredReferral | None:
-    """The referral a listing shows for a row: only its current version, and only to those who may see it."""
-    if current is None or current.etag != row.version:
+def _listed(
+    row: IndexEntry,
+    current: StoredReferral | None,
+    caller: Caller,
+    owner: str,
+    query: ListQuery,
+    since: str | None,
+) -> StoredReferral | None:
+    """The referral a listing shows for a row: its current version, to those who may see it; for a
+    row of an older version, the referral as it is now when that still matches the query (its newer
+    row may lie behind the page's end, where the run would not meet it)."""
+    if current is None:
         return None
+    if current.etag != row.version and (
+        current.updated_date <= row.updated_date or not _matches(current, query, since)
+    ):
+        return None  # a write still in flight (its row before its referral), or a lost one
     return current if owner == ALL_ORGANIZATIONS or can_see(caller, current.organizations) else None
+
+
+def _matches(current: StoredReferral, query: ListQuery, since: str | None) -> bool:
+    return (
+        (query.status is None or current.status == query.status)
+        and (query.referral_source is None or current.referral_source == query.referral_source)
+        and (since is None or current.updated_date >= since)
+    )
 
 
 def _is_leftover(row: IndexEntry, current: StoredReferral | None) -> bool:

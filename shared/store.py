@@ -4,11 +4,12 @@ Layout, one partition per referral (PartitionKey = the referral id, which cannot
 the organization index partitions below start with):
 
 - RowKey `referral`: the referral itself. `Body*` holds the JSON exactly as GET returns it (the
-  referral and its newest 100 activities), split into string properties because one property holds
-  at most 32K UTF-16 characters; GET answers from it without parsing. `Older*` holds activities that
-  dropped out of the newest 100 but are not archived yet. `Version` is the public ETag: random per
-  write, so it reveals nothing of storage. `Organizations` lets a read decide visibility without
-  parsing the body.
+  referral and its newest 100 activities) as UTF-8, split into binary properties because one
+  property holds at most 64 KiB; GET answers from it without parsing. Binary, not string: its size
+  is then known exactly for any text (`entity_size`), where a string's depends on how it is sent.
+  `Older*` holds activities that dropped out of the newest 100 but are not archived yet. `Version`
+  is the public ETag: random per write, so it reveals nothing of storage. `Organizations` lets a
+  read decide visibility without parsing the body.
 - RowKey `history-0000000000`, `history-0000000001`, ...: archived activities, oldest first, exactly
   50 a row, written once and never changed: activity n (numbered from 0) is in row n // 50, which is
   how a page of the history is read without the rows before it (`history_window`).
@@ -17,18 +18,24 @@ Every write is one conditional operation on the referral row (If-Match on the st
 before), so a referral and its history never disagree. When 50 activities have gathered in `Older`,
 they move to a new history row in the same entity group transaction as the referral's update: one
 transaction in 50 writes, single conditional updates otherwise (a transaction's multipart encoding
-costs several times the client CPU of a plain update).
+costs several times the client CPU of a plain update). Should a referral and its activities not fit
+one entity, activities move to history rows early (`_prepare`); a write storage refuses as too large
+is `PayloadTooLarge`.
 
 Storage faults become `ServiceNotAvailable`; lost races become `WriteConflict` / `AlreadyExists`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
+import queue
 import secrets
 import sys
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -52,7 +59,8 @@ from azure.data.tables import TableClient, TableServiceClient, TableTransactionE
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from shared.errors import ApiError, ConfigurationError, ServiceNotAvailable
+from shared import budget
+from shared.errors import ConfigurationError, PayloadTooLarge, ServiceNotAvailable
 from shared.lazy import Lazy
 from shared.model import Limits
 from shared.settings import StorageSettings, settings
@@ -63,12 +71,14 @@ log = logging.getLogger("referrals.store")
 REFERRAL_ROW = "referral"
 HISTORY_ROW_PREFIX = "history-"
 ACTIVITIES_PER_HISTORY_ROW = 50
-# A string property holds 64 KiB: 32,768 UTF-16 code units. ASCII text is one unit a character; any
-# other character is at most two, so half the limit in characters is always safe.
-_ASCII_CHUNK = 32_000
-_UNICODE_CHUNK = 16_000
-# What one entity may hold is 1 MiB including property names and overhead; stay clear of it.
-_ENTITY_BUDGET_BYTES = 1_000_000
+# Text is stored as UTF-8 in binary properties (Edm.Binary, at most 64 KiB each), so that its size is
+# known exactly whatever it holds: string properties travel as JSON with every non-ASCII character
+# escaped as \uXXXX (6 bytes on the wire for a character Table Storage counts as 2), which Azurite
+# measures against its entity limit. Binary travels as base64: 4 bytes for every 3 stored.
+_BINARY_CHUNK = 64_000
+# One entity holds at most 1 MiB (1,048,576 bytes), counted by Azure as stored (`_stored_size`) and
+# by Azurite as the request's JSON (`_wire_size`); a write keeps both under this, with room to spare.
+ENTITY_BUDGET_BYTES = 1_000_000
 
 # Client tuning: a request must end well inside the Functions HTTP limit and, per the contract, within
 # a few seconds when storage is unreachable, paused or throttling. One retry for a dropped connection
@@ -102,6 +112,17 @@ class StoredReferral:
     storage_etag: str
     older_json: str  # activities not shown and not yet archived, as a JSON array ("" when none)
     archived_rows: int
+    status: str = ""
+    referral_source: str = ""
+    # Where `activities` begins in `body` (`_body_json` puts it last), so that a listing shows the
+    # referral without them by slicing; None for rows written before, which are parsed instead.
+    activities_at: int | None = None
+
+    def summary(self) -> str:
+        """The referral as listings show it: its JSON without `activities`."""
+        if self.activities_at is None:
+            return to_json(self.document()[0])
+        return self.body[: self.activities_at] + "}"
 
     def document(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The referral without activities, and its shown activities (oldest first)."""
@@ -118,6 +139,15 @@ def to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _body_json(document: dict[str, Any], activities: list[dict[str, Any]]) -> tuple[str, int]:
+    """The JSON GET returns (the referral, then `activities` last), and where `activities` begins:
+    the referral's own JSON is the body up to there and a closing brace."""
+    without = to_json(document)
+    if without == "{}":
+        return to_json({"activities": activities}), 1
+    return f'{without[:-1]},"activities":{to_json(activities)}}}', len(without) - 1
+
+
 def utf16_units(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
@@ -130,50 +160,98 @@ def _organizations(joined: str) -> frozenset[str]:
     return frozenset(filter(None, joined.split(",")))
 
 
-def _chunks(text: str) -> list[str]:
-    size = _ASCII_CHUNK if text.isascii() else _UNICODE_CHUNK
-    return [text[start : start + size] for start in range(0, len(text), size)] or [""]
-
-
 def _put_text(entity: dict[str, Any], prefix: str, text: str) -> None:
-    parts = _chunks(text)
+    """`text` as UTF-8 in binary properties `<prefix>0`, `<prefix>1`, ... and their count."""
+    data = text.encode("utf-8")
+    parts = [data[start : start + _BINARY_CHUNK] for start in range(0, len(data), _BINARY_CHUNK)] or [b""]
     entity[f"{prefix}Parts"] = len(parts)
     for index, part in enumerate(parts):
         entity[f"{prefix}{index}"] = part
 
 
 def _get_text(entity: Any, prefix: str) -> str:
-    return "".join(entity[f"{prefix}{index}"] for index in range(entity[f"{prefix}Parts"]))
+    parts = [entity[f"{prefix}{index}"] for index in range(entity[f"{prefix}Parts"])]
+    if parts and isinstance(parts[0], str):
+        return "".join(parts)  # written before text moved to binary properties
+    return b"".join(parts).decode("utf-8")
 
 
-def _entity_size(entity: dict[str, Any]) -> int:
-    return sum(
-        2 * len(name) + (2 * utf16_units(value) if isinstance(value, str) else 8) for name, value in entity.items()
-    )
+def _stored_size(entity: dict[str, Any]) -> int:
+    """An entity's size as Azure Table Storage counts it: 4 bytes, the keys in UTF-16, and for each
+    other property 8 bytes, its name in UTF-16 and its value (a string 4 + 2 bytes a UTF-16 unit,
+    binary 4 + its length, a number 8)."""
+    size = 4
+    for name, value in entity.items():
+        if name in ("PartitionKey", "RowKey"):
+            size += 2 * utf16_units(value)
+            continue
+        size += 8 + 2 * len(name)
+        if isinstance(value, str):
+            size += 4 + 2 * utf16_units(value)
+        elif isinstance(value, bytes):
+            size += 4 + len(value)
+        else:
+            size += 8
+    return size
+
+
+def _wire_size(entity: dict[str, Any]) -> int:
+    """The size of the JSON that azure-data-tables sends for an entity (what Azurite measures): text
+    with non-ASCII escaped, binary as base64 with an `@odata.type` annotation. Exact up to a few
+    bytes a property, counted generously."""
+    size = 2
+    for name, value in entity.items():
+        if isinstance(value, bytes):
+            encoded = 4 * ((len(value) + 2) // 3)
+            size += len(name) + encoded + len(name) + len('"": "", "@odata.type": "Edm.Binary", ') + 16
+        else:
+            size += len(json.dumps({name: value})) + 2
+    return size
+
+
+def entity_size(entity: dict[str, Any]) -> int:
+    """What an entity costs against the 1 MiB limit: the larger of Azure's and Azurite's measure."""
+    return max(_stored_size(entity), _wire_size(entity))
 
 
 INDEX_PARTITION_PREFIX = "index:"
-_KEY_BASE = 10**17
+# The admins' index, which every write touches, is spread over this many partitions (by referral id),
+# so that none takes more than 1/16 of the service's index writes (Table Storage serves about 2,000
+# entities/s a partition; docs/benchmarks.md, "Scaling model"). Listings merge them in order.
+ALL_ORGANIZATIONS = "all"
+ALL_SHARDS = 16
+# The service's own settings row, apart from referrals (whose ids cannot hold ':') and indexes.
+META_PARTITION = "meta:service"
+TOKEN_KEY_ROW = "page-token-key"  # noqa: S105 (a row key: the key itself is random, in the row)
 
 
-def index_partition(organization: str) -> str:
-    return f"{INDEX_PARTITION_PREFIX}{organization}"
+def index_partitions(organization: str) -> list[str]:
+    """The partitions that hold an organization's index: one, or the admins' shards."""
+    if organization == ALL_ORGANIZATIONS:
+        return [f"{INDEX_PARTITION_PREFIX}{ALL_ORGANIZATIONS}:{shard:02d}" for shard in range(ALL_SHARDS)]
+    return [f"{INDEX_PARTITION_PREFIX}{organization}"]
+
+
+def index_partition(organization: str, referral_id: str) -> str:
+    """The partition of `organization`'s index that holds `referral_id`'s rows."""
+    partitions = index_partitions(organization)
+    # crc32, not hash(): the shard must be the same in every process, and across releases.
+    return partitions[zlib.crc32(referral_id.encode()) % len(partitions)]
 
 
 def index_row_key(updated_date: str, referral_id: str, version: str) -> str:
-    """Newest first in RowKey order: 10^17 minus the microseconds of updatedDate, then the id, then
-    the version. Two writers racing on one referral can stamp the same updatedDate (see
-    `shared.service._stamp_after`); the version keeps their rows apart, so the loser removing its
-    own rows never removes the winner's."""
+    """Oldest first in RowKey order: the microseconds of updatedDate (17 digits), then the id, then
+    the version. Oldest first, so that a listing moving through the index meets a referral updated
+    meanwhile again ahead of it, never behind it (`shared.service.list_referrals`). Two writers
+    racing on one referral can stamp the same updatedDate (see `shared.service._stamp_after`); the
+    version keeps their rows apart, so the loser removing its own rows never removes the winner's."""
     unquoted = version.strip('"')
-    return f"{_KEY_BASE - _micros(updated_date):017d}:{referral_id}:{unquoted}"
+    return f"{_micros(updated_date):017d}:{referral_id}:{unquoted}"
 
 
-def newest_key_bound(updated_since: str) -> str | None:
-    """Index RowKeys below this bound belong to versions updated at or after `updated_since`; None
-    when every row does (a bound at or before the epoch would not fit the key's 17 digits)."""
-    bound = _KEY_BASE - _micros(updated_since) + 1
-    return f"{bound:017d}" if bound < _KEY_BASE else None
+def oldest_key_bound(updated_since: str) -> str:
+    """Index RowKeys at or above this bound belong to versions updated at or after `updated_since`."""
+    return f"{max(_micros(updated_since), 0):017d}"
 
 
 def _micros(timestamp: str) -> int:
@@ -197,7 +275,7 @@ class IndexEntry:
 
     @property
     def partition_key(self) -> str:
-        return index_partition(self.organization)
+        return index_partition(self.organization, self.referral_id)
 
     @property
     def row_key(self) -> str:
@@ -229,18 +307,48 @@ class IndexEntry:
 @dataclass(frozen=True)
 class _Write:
     entity: dict[str, Any]
-    archive_row: dict[str, Any] | None
+    archive_rows: list[dict[str, Any]]  # history rows to create in the same transaction, oldest first
     result: StoredReferral
 
 
 class ReferralStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
+        self._token_key: bytes | None = None
+        self._token_key_lock = threading.Lock()
+
+    def page_token_key(self) -> bytes:
+        """The secret that signs page tokens (`shared.listing.page_token`). Every instance of the app
+        must accept every other's tokens, so it lives in the table (`META_PARTITION`), created by
+        whichever instance needs it first, and is read once per process."""
+        key = self._token_key
+        if key is None:
+            with self._token_key_lock:
+                if self._token_key is None:
+                    self._token_key = self._load_token_key()
+                key = self._token_key
+        return key
+
+    def _load_token_key(self) -> bytes:
+        with _storage_faults("read key"):
+            for _ in range(2):
+                try:
+                    return bytes(self._table.get_entity(META_PARTITION, TOKEN_KEY_ROW, **_call_options())["Key"])
+                except ResourceNotFoundError:
+                    pass
+                try:
+                    key = secrets.token_bytes(32)
+                    row = {"PartitionKey": META_PARTITION, "RowKey": TOKEN_KEY_ROW, "Key": key}
+                    self._table.create_entity(row, **_call_options())
+                    return key
+                except ResourceExistsError:
+                    continue  # another instance created it first: read theirs
+        raise ServiceNotAvailable("The page token key cannot be read right now; retry shortly.")
 
     def read(self, referral_id: str) -> StoredReferral | None:
         with _storage_faults("read"):
             try:
-                entity = self._table.get_entity(referral_id, REFERRAL_ROW)
+                entity = self._table.get_entity(referral_id, REFERRAL_ROW, **_call_options())
             except ResourceNotFoundError:
                 return None
         return StoredReferral(
@@ -253,6 +361,9 @@ class ReferralStore:
             # Kept as text: only a write needs these parsed, so a GET never pays for them.
             older_json=_get_text(entity, "Older") if entity.get("OlderParts") else "",
             archived_rows=entity.get("ArchivedRows", 0),
+            status=entity.get("Status", ""),
+            referral_source=entity.get("ReferralSource", ""),
+            activities_at=entity.get("ActivitiesAt"),
         )
 
     def create(
@@ -261,7 +372,7 @@ class ReferralStore:
         write = self._prepare(referral_id, version, document, [activity], older_json="", archived_rows=0)
         with _storage_faults("create"):
             try:
-                self._table.create_entity(write.entity)
+                self._table.create_entity(write.entity, **_call_options())
             except ResourceExistsError:
                 raise AlreadyExists(referral_id) from None
         return write.result
@@ -289,15 +400,19 @@ class ReferralStore:
         }
         with _storage_faults("replace"):
             try:
-                if write.archive_row is None:
+                if not write.archive_rows:
                     self._table.update_entity(
                         write.entity,
                         mode=UpdateMode.REPLACE,
                         etag=current.storage_etag,
                         match_condition=MatchConditions.IfNotModified,
+                        **_call_options(),
                     )
                 else:
-                    self._table.submit_transaction([("create", write.archive_row), ("update", write.entity, condition)])
+                    operations: list[Any] = [("create", row) for row in write.archive_rows]
+                    self._table.submit_transaction(
+                        [*operations, ("update", write.entity, condition)], **_call_options()
+                    )
             except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
                 raise WriteConflict(current.referral_id) from None
             except TableTransactionError as error:
@@ -310,7 +425,9 @@ class ReferralStore:
         """Only the public ETag and the participants of a referral: what a conditional GET needs."""
         with _storage_faults("read"):
             try:
-                entity = self._table.get_entity(referral_id, REFERRAL_ROW, select=["Version", "Organizations"])
+                entity = self._table.get_entity(
+                    referral_id, REFERRAL_ROW, select=["Version", "Organizations"], **_call_options()
+                )
             except ResourceNotFoundError:
                 return None
         return entity["Version"], _organizations(entity["Organizations"])
@@ -323,7 +440,7 @@ class ReferralStore:
     def put_index_entries(self, entries: list[IndexEntry]) -> None:
         def put(entry: IndexEntry) -> None:
             with _storage_faults("index write"):
-                self._table.upsert_entity(entry.entity(), mode=UpdateMode.REPLACE)
+                self._table.upsert_entity(entry.entity(), mode=UpdateMode.REPLACE, **_call_options())
 
         _in_parallel(put, entries)
 
@@ -337,7 +454,7 @@ class ReferralStore:
 
         def delete(entry: IndexEntry) -> None:
             try:
-                self._table.delete_entity(entry.partition_key, entry.row_key)
+                self._table.delete_entity(entry.partition_key, entry.row_key, **_call_options())
             except AzureError as error:
                 log.warning(to_json({"event": "indexCleanupDeferred", "error": type(error).__name__}))
 
@@ -367,28 +484,44 @@ class ReferralStore:
         referral_source: str | None,
         page_size: int,
     ) -> Iterator[tuple[list[IndexEntry], bool]]:
-        """Index rows of one organization, newest first, a page at a time: one range query. Each page
-        comes with whether storage holds more rows after it."""
-        conditions = ["PartitionKey eq @pk", "RowKey gt @after", "RowKey lt @before"]
-        parameters: dict[str, Any] = {
-            "pk": index_partition(organization),
-            "after": after_key or "",
-            "before": (newest_key_bound(updated_since) if updated_since else None) or "~",
-        }
+        """Index rows of one organization after `after_key`, oldest first, in batches of at most
+        `page_size`, each with whether more rows follow it. The admins' shards are merged in RowKey
+        order: each shard is read a storage page at a time (the first pages at once), and a batch
+        holds only rows no unread row of any shard can precede."""
+        conditions = ["PartitionKey eq @pk", "RowKey gt @after"]
+        parameters: dict[str, Any] = {"after": after_key or ""}
+        if updated_since:
+            conditions.append("RowKey ge @since")
+            parameters["since"] = oldest_key_bound(updated_since)
         if status:
             conditions.append("Status eq @status")
             parameters["status"] = status
         if referral_source:
             conditions.append("ReferralSource eq @source")
             parameters["source"] = referral_source
-        with _storage_faults("index scan"):
-            # A PageIterator (typed as a plain Iterator): after each page it holds the next one's token.
-            pages: Any = self._table.query_entities(
-                " and ".join(conditions), parameters=parameters, results_per_page=page_size
-            ).by_page()
-            for page in pages:
-                rows = [IndexEntry.from_entity(organization, row) for row in page]
-                yield rows, pages.continuation_token is not None
+        shards = [
+            _ShardScan(self._table, organization, partition, " and ".join(conditions), parameters, page_size)
+            for partition in index_partitions(organization)
+        ]
+        while True:
+            # Storage may answer a page with no rows and a continuation: read on until every shard
+            # with more has a row to compare.
+            while empty := [shard for shard in shards if not shard.buffer and shard.continuation]:
+                _in_parallel(_ShardScan.fill, empty)
+            # Rows up to the smallest last key of the shards with more unread: beyond it, an unread
+            # row of that shard could come first.
+            bound = min((shard.buffer[-1].row_key for shard in shards if shard.continuation), default=None)
+            ready = sorted(
+                (row for shard in shards for row in shard.buffer if bound is None or row.row_key <= bound),
+                key=lambda row: row.row_key,
+            )[:page_size]
+            taken = {id(row) for row in ready}
+            for shard in shards:
+                shard.buffer = [row for row in shard.buffer if id(row) not in taken]
+            more = any(shard.buffer or shard.continuation for shard in shards)
+            yield ready, more
+            if not more:
+                return
 
     def history(self, referral_id: str) -> list[dict[str, Any]]:
         """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""
@@ -416,6 +549,7 @@ class ReferralStore:
                     self._table.query_entities(
                         "PartitionKey eq @pk and RowKey ge @low and RowKey le @high",
                         parameters={"pk": current.referral_id, "low": _history_row(low), "high": _history_row(high)},
+                        **_call_options(),
                     )
                 )
             for row in sorted(rows, key=lambda entity: entity["RowKey"]):
@@ -436,35 +570,57 @@ class ReferralStore:
         older_json: str,
         archived_rows: int,
     ) -> _Write:
-        keep = Limits.ACTIVITIES_RETURNED
-        older = (json.loads(older_json) if older_json else []) + shown[:-keep]
-        shown = shown[-keep:]
-        archive_row = None
-        if len(older) >= ACTIVITIES_PER_HISTORY_ROW:
-            # Exactly ACTIVITIES_PER_HISTORY_ROW a row: `history_window` finds activity n in row n // 50.
-            archive_row = {"PartitionKey": referral_id, "RowKey": _history_row(archived_rows)}
-            _put_text(archive_row, "Activities", to_json(older[:ACTIVITIES_PER_HISTORY_ROW]))
-            older, archived_rows = older[ACTIVITIES_PER_HISTORY_ROW:], archived_rows + 1
+        """The entity for `document` with its activities, and the history rows to archive with it.
 
-        body = to_json({**document, "activities": shown})
+        The newest 100 activities are shown in the body; older ones gather in `Older` and move to a
+        history row once there are 50. Should the referral and its activities not fit one entity
+        (`ENTITY_BUDGET_BYTES`: a referral near its size limit whose activities are unusually large),
+        the oldest unarchived activities move to history rows early, 50 at a time, and the body
+        shows fewer than 100 until newer ones take their place: history never makes a write fail.
+        """
+        keep = Limits.ACTIVITIES_RETURNED
+        unarchived = (json.loads(older_json) if older_json else []) + shown  # oldest first
+        archived: list[list[dict[str, Any]]] = []
+        while len(unarchived) - keep >= ACTIVITIES_PER_HISTORY_ROW:
+            # Exactly ACTIVITIES_PER_HISTORY_ROW a row: `history_window` finds activity n in row n // 50.
+            archived.append(unarchived[:ACTIVITIES_PER_HISTORY_ROW])
+            unarchived = unarchived[ACTIVITIES_PER_HISTORY_ROW:]
         organizations = frozenset(p["organizationId"] for p in document.get("participants", []))
-        entity: dict[str, Any] = {
-            "PartitionKey": referral_id,
-            "RowKey": REFERRAL_ROW,
-            "Version": etag,
-            "Organizations": ",".join(sorted(organizations)),
-            "Status": document["status"],
-            "ReferralSource": document["referralSource"],
-            "UpdatedDate": document["updatedDate"],
-            "ArchivedRows": archived_rows,
-        }
-        _put_text(entity, "Body", body)
-        older_json = to_json(older) if older else ""
-        if older_json:
-            _put_text(entity, "Older", older_json)
-        if _entity_size(entity) > _ENTITY_BUDGET_BYTES:
-            # Unreachable within the documented limits; a guard so a limit change cannot corrupt data.
-            raise ApiError("The referral is too large to store.")
+        while True:
+            shown = unarchived[-keep:]
+            older = unarchived[: len(unarchived) - len(shown)]
+            body, activities_at = _body_json(document, shown)
+            entity: dict[str, Any] = {
+                "PartitionKey": referral_id,
+                "RowKey": REFERRAL_ROW,
+                "Version": etag,
+                "Organizations": ",".join(sorted(organizations)),
+                "Status": document["status"],
+                "ReferralSource": document["referralSource"],
+                "UpdatedDate": document["updatedDate"],
+                "ArchivedRows": archived_rows + len(archived),
+                "ActivitiesAt": activities_at,
+            }
+            _put_text(entity, "Body", body)
+            older_json = to_json(older) if older else ""
+            if older_json:
+                _put_text(entity, "Older", older_json)
+            if entity_size(entity) <= ENTITY_BUDGET_BYTES:
+                break
+            if len(unarchived) <= ACTIVITIES_PER_HISTORY_ROW:
+                # Only a referral at its size limit whose newest activities alone are over 150 KB
+                # (each names at most its changes; see docs/reliability.md): refused, never stored.
+                raise PayloadTooLarge("The referral and its newest activities would not fit in storage.")
+            archived.append(unarchived[:ACTIVITIES_PER_HISTORY_ROW])
+            unarchived = unarchived[ACTIVITIES_PER_HISTORY_ROW:]
+        archive_rows = []
+        for number, activities in enumerate(archived, start=archived_rows):
+            row: dict[str, Any] = {"PartitionKey": referral_id, "RowKey": _history_row(number)}
+            _put_text(row, "Activities", to_json(activities))
+            if entity_size(row) > ENTITY_BUDGET_BYTES:
+                raise PayloadTooLarge("The referral's activities would not fit in storage.")
+            archive_rows.append(row)
+        archived_rows += len(archived)
         result = StoredReferral(
             referral_id=referral_id,
             body=body,
@@ -474,16 +630,64 @@ class ReferralStore:
             storage_etag="",  # unknown until the next read; a result is never written back as is
             older_json=older_json,
             archived_rows=archived_rows,
+            status=document["status"],
+            referral_source=document["referralSource"],
+            activities_at=activities_at,
         )
-        return _Write(entity, archive_row, result)
+        return _Write(entity, archive_rows, result)
+
+
+class _ShardScan:
+    """One partition's part of an index scan: its rows read but not yet handed out, and where
+    storage would go on."""
+
+    _START: Any = object()  # before the first page (a continuation token of None means "no more")
+
+    def __init__(
+        self,
+        table: TableClient,
+        organization: str,
+        partition: str,
+        query: str,
+        parameters: dict[str, Any],
+        page_size: int,
+    ) -> None:
+        self._table, self._organization, self._query = table, organization, query
+        self._parameters = {**parameters, "pk": partition}
+        self._page_size = page_size
+        self.buffer: list[IndexEntry] = []
+        self.continuation: Any = self._START
+
+    def fill(self) -> None:
+        """Read the next storage page, with what remains of the request's time budget."""
+        start = None if self.continuation is self._START else self.continuation
+        with _storage_faults("index scan"):
+            # A PageIterator (typed as a plain Iterator): after its page it holds the next one's token.
+            pages: Any = self._table.query_entities(
+                self._query, parameters=self._parameters, results_per_page=self._page_size, **_call_options()
+            ).by_page(continuation_token=start)
+            self.buffer.extend(IndexEntry.from_entity(self._organization, row) for row in next(pages, []))
+            self.continuation = pages.continuation_token
+
+
+# Table Storage's (and Azurite's) codes for an entity, property or request over its limit.
+_TOO_LARGE_CODES = frozenset({"EntityTooLarge", "RequestBodyTooLarge", "PropertyValueTooLarge"})
 
 
 @contextmanager
 def _storage_faults(operation: str) -> Iterator[None]:
-    """Turn storage being unreachable, slow or throttling into 503 serviceNotAvailable."""
+    """Turn storage being unreachable, slow or throttling into 503 serviceNotAvailable, and an entity
+    storage refuses as too large into 413 payloadTooLarge."""
     try:
         yield
     except AzureError as error:
+        if isinstance(error, HttpResponseError) and (
+            error.status_code == 413 or getattr(error, "error_code", None) in _TOO_LARGE_CODES
+        ):
+            # `_prepare` keeps every write under the limit; should storage still refuse one as too
+            # large, the caller's change is what is too large (413), and nothing was written.
+            log.warning(to_json({"event": "storageTooLarge", "operation": operation}))
+            raise PayloadTooLarge("The referral would be too large to store.") from None
         unavailable = isinstance(error, (ServiceRequestError, ServiceResponseError)) or (
             isinstance(error, HttpResponseError)
             and (error.status_code is None or error.status_code in (408, 429) or error.status_code >= 500)
@@ -494,8 +698,59 @@ def _storage_faults(operation: str) -> Iterator[None]:
         raise ServiceNotAvailable("Referral storage is not available right now; retry shortly.") from None
 
 
-# Index writes and listing reads fan out over partitions; the pool is shared by the process.
-_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="referrals-storage")
+def _call_options() -> dict[str, Any]:
+    """Per-call timeouts from what remains of the request's time budget (`shared.budget`), so that a
+    call and its one retry end within it; 503 once it is spent, before the call starts. Outside a
+    request (clean-up after a response) the client's own timeouts apply."""
+    left = budget.check()
+    if left is None:
+        return {}
+    attempt = max((left - RETRIES["retry_backoff_factor"]) / 2, 0.05)
+    return {
+        "connection_timeout": min(TIMEOUTS["connection_timeout"], attempt),
+        "read_timeout": min(TIMEOUTS["read_timeout"], attempt),
+    }
+
+
+class _Workers:
+    """Threads for a request's storage fan-out that never queue: a task goes to an idle thread or to
+    a new one, so no request waits for the threads another request's stalled calls hold (a shared
+    pool with a queue made a listing wait its turn behind every stalled read before it). Idle
+    threads end after a minute."""
+
+    def __init__(self, name: str, idle_seconds: float = 60.0) -> None:
+        self._name = name
+        self._idle_seconds = idle_seconds
+        self._idle: list[queue.SimpleQueue[Callable[[], None]]] = []
+        self._lock = threading.Lock()
+
+    def run(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            inbox = self._idle.pop() if self._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name=self._name, daemon=True).start()
+        inbox.put(task)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        while True:
+            try:
+                task = inbox.get(timeout=self._idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if inbox in self._idle:
+                        self._idle.remove(inbox)
+                        return
+                continue  # handed a task just as it timed out: take it
+            task()
+            with self._lock:
+                self._idle.append(inbox)
+
+
+# At most this many storage calls of one request run at once (a listing page's point reads, a
+# write's index rows): one request cannot take every connection, and each has its own threads.
+FAN_OUT = 8
+_workers = _Workers("referrals-storage")
 # Deletes of superseded index rows, after responses. A row skipped when the backlog is full stays
 # until a listing meets it and repairs it.
 CLEANUP_BACKLOG = 256
@@ -504,9 +759,40 @@ _cleanup_slots = threading.BoundedSemaphore(CLEANUP_BACKLOG)
 
 
 def _in_parallel[T, R](function: Callable[[T], R], items: list[T]) -> list[R]:
+    """`function` over `items`, at most FAN_OUT at a time, in the request's context (its deadline);
+    the first error is raised once every call started has ended, and no new call starts after it."""
     if len(items) <= 1:
         return [function(item) for item in items]
-    return list(_executor.map(function, items))
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    pending = iter(range(len(items)))
+    lock = threading.Lock()
+    lanes = min(FAN_OUT, len(items))
+    finished = threading.Semaphore(0)
+
+    def lane() -> None:
+        try:
+            while True:
+                with lock:
+                    index = None if errors else next(pending, None)
+                if index is None:
+                    return
+                try:
+                    results[index] = function(items[index])
+                except BaseException as error:  # noqa: BLE001 (re-raised in the caller's thread)
+                    with lock:
+                        errors.append(error)
+        finally:
+            finished.release()
+
+    for _ in range(lanes - 1):
+        _workers.run(functools.partial(contextvars.copy_context().run, lane))
+    lane()
+    for _ in range(lanes):  # every lane's release, this thread's own included
+        finished.acquire()
+    if errors:
+        raise errors[0]
+    return results
 
 
 _store = Lazy(lambda: ReferralStore(_open_table(settings.storage())))

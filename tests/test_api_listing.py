@@ -72,13 +72,14 @@ def create(api: Api, token: str | None = None, **extra: Any) -> str:
     return referral_id
 
 
-def test_lists_own_referrals_newest_update_first(api: Api, fresh_table: None) -> None:
+def test_lists_own_referrals_oldest_update_first(api: Api, fresh_table: None) -> None:
     first, second, third = create(api), create(api), create(api)
     assert api.post(first, {"status": "Active"}).status == 200
     reply = list_page(api)
-    assert ids(reply) == [first, third, second]
+    assert ids(reply) == [second, third, first]
     assert "nextLink" not in reply.json
-    assert reply.json["value"][0] == api.get(first).json
+    # Listings show referrals without their activities (the history endpoint has those).
+    assert reply.json["value"][2] == {k: v for k, v in api.get(first).json.items() if k != "activities"}
 
 
 def test_filters_by_status_source_and_updated_since(api: Api, fresh_table: None) -> None:
@@ -102,16 +103,16 @@ def test_pages_follow_next_link_until_the_last_page(api: Api, fresh_table: None)
     second = follow(api, link)
     third = follow(api, second.json["nextLink"])
     assert "nextLink" not in third.json
-    assert ids(first) + ids(second) + ids(third) == list(reversed(created))
+    assert ids(first) + ids(second) + ids(third) == created
 
 
 def test_partner_lists_only_referrals_it_participates_in_and_admin_lists_all(api: Api, fresh_table: None) -> None:
     mine = create(api)
     shared_with_b = create(api, participants=[{"organizationId": PARTNER_B}])
     theirs = create(api, api.token(PARTNER_B))
-    assert ids(list_page(api)) == [shared_with_b, mine]
-    assert ids(list_page(api, api.token(PARTNER_B))) == [theirs, shared_with_b]
-    assert ids(list_page(api, api.admin_token())) == [theirs, shared_with_b, mine]
+    assert ids(list_page(api)) == [mine, shared_with_b]
+    assert ids(list_page(api, api.token(PARTNER_B))) == [shared_with_b, theirs]
+    assert ids(list_page(api, api.admin_token())) == [mine, shared_with_b, theirs]
 
 
 def test_invalid_query_parameters_are_400(api: Api, fresh_table: None) -> None:
@@ -138,11 +139,12 @@ def test_page_token_is_bound_to_the_caller_and_rejects_tampering(api: Api, fresh
     link = list_page(api, top="1").json["nextLink"]
     params = dict(parse_qsl(urlsplit(link).query))
     assert list_page(api, api.token(PARTNER_B), **params).status == 400
-    token = params["skipToken"]
+    token, signature = params["skipToken"].split(".")
     content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     content["o"] = PARTNER_B
     forged = base64.urlsafe_b64encode(json.dumps(content).encode()).decode()
     assert list_page(api, **{**params, "skipToken": forged}).status == 400
+    assert list_page(api, **{**params, "skipToken": f"{forged}.{signature}"}).status == 400
     assert list_page(api, **{**params, "skipToken": token[:-3] + "xyz"}).status == 400
     assert list_page(api, **{**params, "status": "Won"}).status == 400
 
@@ -317,18 +319,61 @@ def test_a_skip_token_whose_position_is_not_a_row_key_is_400(api: Api, fresh_tab
     for _ in range(3):
         create(api)
     link = list_page(api, top="1").json["nextLink"]
-    token = dict(parse_qsl(urlsplit(link).query))["skipToken"]
+    token, signature = dict(parse_qsl(urlsplit(link).query))["skipToken"].split(".")
     content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
 
     def edited(position: str) -> str:
-        raw = json.dumps({**content, "k": position}).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        raw = json.dumps({**content, "k": position}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=") + "." + signature
 
     for position in ("\ud800", "", "x", "' or 1 eq 1", content["k"] + "\u0000"):
         reply = list_page(api, top="1", skipToken=edited(position))
         assert reply.status == 400 and reply.error_code == "invalidRequest", position
-    # A position of the right shape only moves within the caller's own index.
-    assert list_page(api, top="1", skipToken=edited("0" * 17 + ":a:b")).status == 200
+    # Issue 12 item 7: a position of the right shape was accepted (it only moved within the caller's
+    # own index); tokens are signed now, so any edit is 400.
+    assert list_page(api, top="1", skipToken=edited("0" * 17 + ":a:b")).status == 400
+    assert list_page(api, top="1", skipToken=edited(content["k"])).status == 200
+
+
+def test_a_skip_token_is_exactly_what_the_api_minted_and_at_most_4096_characters(api: Api, fresh_table: None) -> None:
+    """Issue 12 item 7: an 8,306-character token with an added field was accepted, though openapi.yaml
+    says maxLength 4096. Only the exact token the API minted passes: no added, removed or reordered
+    field, no other encoding of the same content, no padding, no other signature."""
+    for _ in range(3):
+        create(api)
+    link = list_page(api, top="1").json["nextLink"]
+    minted = dict(parse_qsl(urlsplit(link).query))["skipToken"]
+    assert len(minted) <= 4096
+    token, signature = minted.split(".")
+    content = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+
+    def encoded(value: Any, **dumps: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value, **dumps).encode()).decode().rstrip("=")
+
+    compact = {"separators": (",", ":")}
+    variants = {
+        "an added field, 8,306 characters": encoded({**content, "x": "y" * 6000}, **compact) + "." + signature,
+        "an added field, short": encoded({**content, "x": 1}, **compact) + "." + signature,
+        "a field removed": encoded({k: v for k, v in content.items() if k != "t"}, **compact) + "." + signature,
+        "fields reordered": encoded(dict(reversed(list(content.items()))), **compact) + "." + signature,
+        "spaces in the JSON": encoded(content) + "." + signature,
+        "padding": minted.split(".")[0] + "==." + signature,
+        "no signature": token,
+        "another signature": token + "." + "A" * 43,
+        "a signature one character short": minted[:-1],
+        "an edited start time": encoded({**content, "t": "2020-01-01T00:00:00.000000Z"}, **compact) + "." + signature,
+        "4,097 characters": minted + "A" * (4097 - len(minted)),
+        "whitespace around it": f" {minted} ",
+    }
+    for name, variant in variants.items():
+        reply = list_page(api, top="1", skipToken=variant)
+        assert reply.status == 400 and reply.json["error"]["target"] == "skipToken", name
+    assert list_page(api, top="1", skipToken=minted).status == 200
+    # The longest query a token can carry still gives a token well within the limit.
+    longest = list_page(
+        api, top="1", status="Pending", referralSource="PartnerLed", updatedSince="1970-01-02T00:00:00Z"
+    )
+    assert len(dict(parse_qsl(urlsplit(longest.json["nextLink"]).query))["skipToken"]) < 1024
 
 
 def test_a_page_examines_a_bounded_number_of_rows(api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,6 +387,9 @@ def test_a_page_examines_a_bounded_number_of_rows(api: Api, fresh_table: None, m
         for attempt in range(service.MAX_ROWS_EXAMINED_PER_ITEM + 2):
             # Each failed write leaves rows newer than the referral, kept while a write may be in flight.
             assert api.post(referral_id, {"additionalInformation": f"attempt {attempt}"}).status == 500
+    later = create(api)  # its row lies beyond the rows the failed writes left
     first = list_page(api, top="1")
-    assert ids(first) == [] and "nextLink" in first.json  # a short page, not a scan of everything
-    assert ids(follow(api, first.json["nextLink"])) == [referral_id]
+    assert ids(first) == [referral_id] and "nextLink" in first.json
+    second = follow(api, first.json["nextLink"])
+    assert ids(second) == [] and "nextLink" in second.json  # a short page, not a scan of everything
+    assert ids(follow(api, second.json["nextLink"])) == [later]

@@ -57,7 +57,8 @@ def test_create_read_and_list_over_http(base_url: str, api: Api) -> None:
     assert headers["Location"] == f"{base_url}/api/v1/referrals/{referral_id}"
     status, headers, fetched = call(f"{base_url}/api/v1/referrals/{referral_id}", token)
     assert (status, fetched) == (200, created)
-    status, _, page = call(f"{base_url}/api/v1/referrals?top=100", token)
+    since = created["updatedDate"]  # oldest first: the shared table's older referrals come before it
+    status, _, page = call(f"{base_url}/api/v1/referrals?top=100&updatedSince={since}", token)
     assert status == 200 and referral_id in [item["id"] for item in page["value"]]
 
 

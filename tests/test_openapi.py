@@ -288,7 +288,7 @@ def test_error_codes_are_the_ones_the_service_raises() -> None:
 
 
 EXPECTED_RESPONSES = {
-    ("/v1/referrals", "get"): {"200", "400", "401", "403", "500", "503"},
+    ("/v1/referrals", "get"): {"200", "400", "401", "403", "410", "500", "503"},
     ("/v1/referrals/{referralId}", "get"): {"200", "304", "400", "401", "403", "404", "500", "503"},
     ("/v1/referrals/{referralId}/activities", "get"): {"200", "400", "401", "403", "404", "500", "503"},
     ("/v1/referrals/{referralId}", "post"): {

@@ -286,7 +286,9 @@ def proxy(private_azurite: PrivateAzurite) -> Iterator[TcpProxy]:
 
 
 def _text(entity: Any, prefix: str) -> str:
-    return "".join(entity[f"{prefix}{index}"] for index in range(entity[f"{prefix}Parts"]))
+    """Text the store split over properties: UTF-8 in binary ones (strings in rows written before)."""
+    parts = [entity[f"{prefix}{index}"] for index in range(entity[f"{prefix}Parts"])]
+    return "".join(parts) if parts and isinstance(parts[0], str) else b"".join(parts).decode("utf-8")
 
 
 def stored_entities(connection_string: str) -> list[dict[str, Any]]:
@@ -307,6 +309,9 @@ def check_storage_consistent(connection_string: str) -> dict[str, dict[str, Any]
         key = entity["RowKey"]
         if entity["PartitionKey"].startswith("index:"):
             assert entity["ReferralId"] and entity["Version"].startswith('"'), entity
+            continue
+        if entity["PartitionKey"].startswith("meta:"):
+            assert entity["RowKey"] == "page-token-key" and len(entity["Key"]) == 32, entity["RowKey"]
             continue
         if key.startswith("history-"):
             for item in json.loads(_text(entity, "Activities")):

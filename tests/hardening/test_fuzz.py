@@ -115,10 +115,11 @@ def send_and_check(case: Case, live: LiveHost, run: str) -> None:
             # A new referral with a dealValue needs a currency: checked after merging, which JSON
             # Schema cannot say of a body that both creates and patches.
             details.setdefault("currency", "EUR")
-    if mode == GenerationMode.POSITIVE and case.query and "skipToken" in case.query:
-        # A page token is only ever one the API minted for this caller (any other is 400, which
-        # test_cross_organization.py covers): a made-up one is not valid data.
-        del case.query["skipToken"]
+    for name in ("skipToken", "deltaToken"):
+        if mode == GenerationMode.POSITIVE and case.query and name in case.query:
+            # A token is only ever one the API minted (signed) for this caller (any other is 400,
+            # which test_api_listing.py and test_api_delta.py cover): a made-up one is not valid data.
+            del case.query[name]
     counts = COUNTS.setdefault(run, {})
     key = f"{case.method} {case.operation.path} {mode.value if mode else 'explicit'}"
     counts[key] = counts.get(key, 0) + 1

@@ -38,7 +38,7 @@ def test_cleanup_backlog_is_bounded_and_kept_off_the_request_threads(
         ReferralStore(table).delete_index_entries(rows, wait=False)  # type: ignore[arg-type]
     assert '{"event":"indexCleanupSkipped","rows":15}' in caplog.text
     # The request threads are free while clean-up waits on storage.
-    assert store._executor.submit(lambda: "free").result(timeout=5) == "free"
+    assert store._in_parallel(str.upper, ["free", "too"]) == ["FREE", "TOO"]
 
     table.answer.set()
     cleanup.shutdown(wait=True)
