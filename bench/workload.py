@@ -215,13 +215,8 @@ def referral_document(index: int) -> dict[str, Any]:
             "closingDate": "2026-06-30",
         },
         "additionalInformation": "Budget approved for FY26; procurement requires two quotes.",
-        "participants": [
-            {
-                "organizationId": PARTNER_B,
-                "users": [{"firstName": "Jan", "lastName": "Kowalski", "email": "jan.kowalski@fabrikam.com"}],
-            },
-            {"organizationId": OTHER_ORG},
-        ],
+        # An invitation carries no users: B sets its own (seed_changes).
+        "participants": [{"organizationId": PARTNER_B}, {"organizationId": OTHER_ORG}],
     }
 
 

@@ -22,7 +22,7 @@ from shared.model import (
     check_transition,
 )
 from shared.patching import JsonObject, changed_paths, merge_patch
-from shared.policy import Caller, check_create, check_update
+from shared.policy import Caller, check_create, check_participants, check_update
 from shared.store import to_json, utf16_units
 
 SERVER_MANAGED = ("id", "createdDate", "updatedDate")
@@ -60,6 +60,7 @@ def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tup
         )
     check_transition(None, referral.status)
     check_create(caller, referral)
+    check_participants(caller, referral.participants[:1], referral.participants, _request_paths(invited))
     created = referral.to_json_dict()
     _check_size(created)
     changed = changed_paths({}, _tracked(created))
@@ -86,15 +87,18 @@ def update(
         key: value for key, value in patch.items() if key not in (*SERVER_MANAGED, "activities", "participants")
     }
     merged = merge_patch(current, requested)
+    paths: dict[str, str] = {}
     if "participants" in patch:
         merged["participants"] = merge_participants(
             caller, current["participants"], patch["participants"], mine["id"] if mine else None
         )
+        paths = _request_paths(patch["participants"])
     after = validate(merged)
     stored, result = before.to_json_dict(), after.to_json_dict()
     if result == stored:  # compared as stored, so {"details": {}} over no details is no change either
         return None
     check_update(caller, before, after)
+    check_participants(caller, before.participants, after.participants, paths)
     check_transition(before.status, after.status)
 
     updated = {**result, "updatedDate": now}
@@ -143,6 +147,11 @@ def merge_participants(
             index_of[organization] = len(result)
             result.append(invited)
     return result
+
+
+def _request_paths(requested: list[JsonObject]) -> dict[str, str]:
+    """Each requested organization's entry in the request, as an error target: `participants[2]`."""
+    return {entry["organizationId"]: f"participants[{position}]" for position, entry in enumerate(requested)}
 
 
 def validate(document: JsonObject) -> Referral:

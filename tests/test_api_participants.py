@@ -153,9 +153,11 @@ def test_an_accepted_partner_cannot_change_its_own_participant_status(api: Api) 
     assert entry(after, PARTNER_A)["status"] == "Accepted" and entry(after, PARTNER_B)["status"] == "Accepted"
 
 
-def test_an_invited_partner_answering_cannot_also_edit_its_entry(api: Api) -> None:
+def test_an_invited_partner_answering_may_also_set_its_users_but_nothing_else(api: Api) -> None:
     referral = create_with_invitee(api)
+    token_b = api.token(PARTNER_B)
     patch = {"participants": [{"organizationId": PARTNER_B, "status": "Accepted", "users": [{"firstName": "Bo"}]}]}
-    assert api.post(referral["id"], patch, api.token(PARTNER_B)).status == 403
+    assert api.post(referral["id"], {**patch, "additionalInformation": "x"}, token_b).status == 403
+    assert api.post(referral["id"], patch, token_b).status == 200
     stored = entry(api.get(referral["id"]).json, PARTNER_B)
-    assert stored["status"] == "Invited" and "users" not in stored
+    assert stored["status"] == "Accepted" and stored["users"] == [{"firstName": "Bo"}]
