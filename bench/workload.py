@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE = "Referrals"
 HOME = DEV_HOME_TENANT
 PARTNER_A, PARTNER_B = DEV_PARTNER_TENANTS
-# A participant organization that is not onboarded (it never calls; it is only named in referrals).
+# A participant organization that never calls; it is only named in referrals. Onboarded (in
+# AUTH_ALLOWED_TENANTS), since invitations go only to onboarded organizations.
 OTHER_ORG = "55555555-5555-4555-8555-555555555555"
 REFERRAL_ROW = "referral"
 RAW_PREFIX = "raw-"
@@ -90,7 +91,7 @@ class World:
             "REFERRALS_TABLE": TABLE,
             "AUTH_AUDIENCE": DEV_AUDIENCE,
             "AUTH_TENANT_ID": HOME,
-            "AUTH_ALLOWED_TENANTS": f"{PARTNER_A},{PARTNER_B}",
+            "AUTH_ALLOWED_TENANTS": f"{PARTNER_A},{PARTNER_B},{OTHER_ORG}",
             "AUTH_JWKS_URI": jwks_path.as_uri(),
         }
         return cls(azurite, key, jwks_path, workdir, env)

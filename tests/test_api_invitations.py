@@ -1,27 +1,36 @@
-"""Invitations, through the functions against Azurite (issue 12, item 2).
+"""Invitations, through the functions against Azurite (issue 12, items 2 and 3).
 
 - Nobody but an admin changes another organization's participant entry: a partner's invitation
   carries no users, and the invited organization may always replace or clear its own.
+- After any sequence of invitations by one participant, the creator can still invite an onboarded
+  organization: invitations go only to onboarded organizations, a participant other than the creator
+  has at most 5 pending at once and fills no slot past 40, and an admin may remove an Invited entry.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 
+from shared.model import Limits
 from tests.conftest import (
     HOME,
+    NOT_ONBOARDED,
     PARTNER_A,
     PARTNER_B,
     Api,
     Reply,
     minimal_referral,
     new_id,
+    reset_process_state,
 )
 
 EVE = {"firstName": "Eve", "email": "eve@inviter.example"}
 BO = {"firstName": "Bo", "email": "bo@invitee.example"}
+PENDING = Limits.PENDING_INVITATIONS_PER_INVITER
+OPEN_SLOTS = Limits.PARTICIPANTS - Limits.RESERVED_PARTICIPANTS
 
 
 def create(api: Api, *invited: str, token: str | None = None) -> str:
@@ -145,3 +154,117 @@ def test_an_invited_partner_setting_its_users_still_answers_only_accepted_or_rej
     ):
         assert api.post(written_by_inviter, patch, token_b).status == 403, patch
     assert api.get(written_by_inviter).headers["ETag"] == etag
+
+
+# ---- Item 3: the creator can always invite an onboarded organization ------------------------------
+
+
+def test_invitations_go_only_to_onboarded_organizations(api: Api) -> None:
+    body = minimal_referral(participants=[{"organizationId": PARTNER_B}, {"organizationId": NOT_ONBOARDED}])
+    assert_error(api.post(new_id(), body), 400, "participants[1].organizationId")
+    referral_id = create(api, PARTNER_B)
+    for token in (None, api.admin_token()):
+        assert_error(invite(api, referral_id, [HOME, NOT_ONBOARDED], token), 400, "participants[1].organizationId")
+    assert invite(api, referral_id, [HOME]).status == 200  # our own tenant is onboarded
+
+
+def test_without_partner_tenants_only_our_own_tenant_can_be_invited(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", "")
+    reset_process_state()
+    body = minimal_referral(participants=[{"organizationId": PARTNER_B}])
+    assert_error(api.post(new_id(), body, api.admin_token()), 400, "participants[0].organizationId")
+
+
+def test_an_accepted_partner_cannot_fill_the_list_and_the_creator_still_invites(api: Api, onboarded: list[str]) -> None:
+    """The hostile scenario: an Accepted partner invites 48 random GUIDs, then as many onboarded
+    organizations as it can; the creator and an admin can still invite onboarded organizations."""
+    referral_id = create(api, PARTNER_B)
+    answer(api, referral_id, PARTNER_B)
+    token_b = api.token(PARTNER_B)
+    random_guids = [str(uuid.uuid4()) for _ in range(Limits.PARTICIPANTS - 2)]
+    assert_error(invite(api, referral_id, random_guids, token_b), 400, "participants[0].organizationId")
+    assert_error(invite(api, referral_id, onboarded[:48], token_b), 400, f"participants[{PENDING}]")
+    assert invite(api, referral_id, onboarded[:PENDING], token_b).status == 200
+    assert_error(invite(api, referral_id, onboarded[PENDING : PENDING + 1], token_b), 400, "participants[0]")
+    assert invite(api, referral_id, [onboarded[PENDING]]).status == 200, "the creator invites"
+    reply = invite(api, referral_id, [onboarded[PENDING + 1]], api.admin_token())
+    assert reply.status == 200, reply.body
+    assert len(reply.json["participants"]) == 2 + PENDING + 2
+
+
+def test_a_participant_has_at_most_five_of_its_invitations_pending(api: Api, onboarded: list[str]) -> None:
+    referral_id = create(api, PARTNER_B)
+    answer(api, referral_id, PARTNER_B)
+    token_b = api.token(PARTNER_B)
+    first, rest = onboarded[:PENDING], onboarded[PENDING:]
+    assert invite(api, referral_id, first, token_b).status == 200
+    assert_error(invite(api, referral_id, [rest[0]], token_b), 400, "participants[0]")
+    answer(api, referral_id, first[0])  # answered: no longer pending
+    answer(api, referral_id, first[1], "Rejected")
+    assert_error(invite(api, referral_id, rest[:3], token_b), 400, "participants[2]")
+    assert invite(api, referral_id, rest[:2], token_b).status == 200
+    # Each inviter has its own count; the creator and admins have none.
+    assert invite(api, referral_id, rest[2 : 2 + PENDING], api.token(first[0])).status == 200
+    assert invite(api, referral_id, rest[2 + PENDING : 4 + 2 * PENDING]).status == 200
+    assert invite(api, referral_id, rest[4 + 2 * PENDING : 6 + 3 * PENDING], api.admin_token()).status == 200
+
+
+def test_the_last_ten_slots_are_for_the_creator_and_admins(api: Api, onboarded: list[str]) -> None:
+    referral_id = create(api, PARTNER_B, *onboarded[: OPEN_SLOTS - 2])
+    answer(api, referral_id, PARTNER_B)
+    spare = onboarded[OPEN_SLOTS - 2 :]
+    assert_error(invite(api, referral_id, [spare[0]], api.token(PARTNER_B)), 400, "participants[0]")
+    assert invite(api, referral_id, [spare[0]]).status == 200, "the creator invites past 40"
+    assert_error(invite(api, referral_id, [spare[1]], api.token(PARTNER_B)), 400, "participants[0]")
+    last = Limits.PARTICIPANTS - OPEN_SLOTS - 1
+    reply = invite(api, referral_id, spare[1 : 1 + last], api.admin_token())
+    assert reply.status == 200 and len(reply.json["participants"]) == Limits.PARTICIPANTS
+
+
+def test_an_admin_removes_an_invited_entry_and_the_history_records_it(api: Api, onboarded: list[str]) -> None:
+    invitee = onboarded[0]
+    referral_id = create(api, PARTNER_B, invitee)
+    admin = api.admin_token()
+    removal = {"participants": [{"organizationId": invitee, "status": None}]}
+    reply = api.post(referral_id, removal, admin)
+    assert reply.status == 200, reply.body
+    assert [p["organizationId"] for p in reply.json["participants"]] == [PARTNER_A, PARTNER_B]
+    assert reply.json["activities"][-1] == {
+        **reply.json["activities"][-1],
+        "organizationId": HOME,
+        "changedProperties": ["participants"],
+        "changes": [{"property": f"participants[{invitee}].status", "from": "Invited"}],
+    }
+    assert api.get(referral_id, api.token(invitee)).status == 404
+    again = api.post(referral_id, removal, admin)  # a repeated removal changes nothing, and invites nobody
+    assert again.status == 200 and again.headers["ETag"] == reply.headers["ETag"]
+
+
+def test_only_an_admin_removes_and_only_an_invited_entry_other_than_the_creators(
+    api: Api, onboarded: list[str]
+) -> None:
+    invitee = onboarded[0]
+    referral_id = create(api, PARTNER_B, invitee)
+    answer(api, referral_id, PARTNER_B)
+    etag = api.get(referral_id).headers["ETag"]
+    remove = {"participants": [{"organizationId": invitee, "status": None}]}
+    for organization in (PARTNER_A, PARTNER_B, invitee):
+        assert_error(api.post(referral_id, remove, api.token(organization)), 403, "participants[0].status")
+    admin = api.admin_token()
+    for organization in (PARTNER_A, PARTNER_B):  # the creator's, and an Accepted one
+        patch = {"participants": [{"organizationId": organization, "status": None}]}
+        assert_error(api.post(referral_id, patch, admin), 400, "participants[0].status")
+    with_users: dict[str, Any] = {"participants": [{"organizationId": invitee, "status": None, "users": []}]}
+    assert_error(api.post(referral_id, with_users, admin), 400, "participants[0].users")
+    assert api.get(referral_id).headers["ETag"] == etag
+
+
+def test_a_removal_frees_its_inviters_pending_slot(api: Api, onboarded: list[str]) -> None:
+    referral_id = create(api, PARTNER_B)
+    answer(api, referral_id, PARTNER_B)
+    token_b = api.token(PARTNER_B)
+    assert invite(api, referral_id, onboarded[:PENDING], token_b).status == 200
+    assert invite(api, referral_id, [onboarded[PENDING]], token_b).status == 400
+    removal = {"participants": [{"organizationId": onboarded[0], "status": None}]}
+    assert api.post(referral_id, removal, api.admin_token()).status == 200
+    assert invite(api, referral_id, [onboarded[PENDING]], token_b).status == 200

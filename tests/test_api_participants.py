@@ -87,9 +87,9 @@ def test_accepted_partner_cannot_change_referral_source(api: Api) -> None:
     assert reply.status == 403 and reply.json["error"]["target"] == "referralSource"
 
 
-def test_inviting_adds_a_participant_and_nobody_removes_one(api: Api) -> None:
+def test_inviting_adds_a_participant_and_participants_null_removes_none(api: Api, onboarded: list[str]) -> None:
     referral = create_with_invitee(api)
-    third = "55555555-5555-4555-8555-555555555555"
+    third = onboarded[0]
     invited = api.post(referral["id"], {"participants": [{"organizationId": third}]})
     assert invited.status == 200
     assert [p["organizationId"] for p in invited.json["participants"]] == [PARTNER_A, PARTNER_B, third]
