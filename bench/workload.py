@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE = "Referrals"
 HOME = DEV_HOME_TENANT
 PARTNER_A, PARTNER_B = DEV_PARTNER_TENANTS
-# A participant organization that is not onboarded (it never calls; it is only named in referrals).
+# A participant organization that never calls; it is only named in referrals. Onboarded (in
+# AUTH_ALLOWED_TENANTS), since invitations go only to onboarded organizations.
 OTHER_ORG = "55555555-5555-4555-8555-555555555555"
 REFERRAL_ROW = "referral"
 RAW_PREFIX = "raw-"
@@ -89,7 +90,7 @@ class World:
             "REFERRALS_TABLE": TABLE,
             "AUTH_AUDIENCE": DEV_AUDIENCE,
             "AUTH_TENANT_ID": HOME,
-            "AUTH_ALLOWED_TENANTS": f"{PARTNER_A},{PARTNER_B}",
+            "AUTH_ALLOWED_TENANTS": f"{PARTNER_A},{PARTNER_B},{OTHER_ORG}",
             "AUTH_JWKS_URI": jwks_path.as_uri(),
         }
         return cls(azurite, key, jwks_path, workdir, env)
@@ -214,13 +215,8 @@ def referral_document(index: int) -> dict[str, Any]:
             "closingDate": "2026-06-30",
         },
         "additionalInformation": "Budget approved for FY26; procurement requires two quotes.",
-        "participants": [
-            {
-                "organizationId": PARTNER_B,
-                "users": [{"firstName": "Jan", "lastName": "Kowalski", "email": "jan.kowalski@fabrikam.com"}],
-            },
-            {"organizationId": OTHER_ORG},
-        ],
+        # An invitation carries no users: B sets its own (seed_changes).
+        "participants": [{"organizationId": PARTNER_B}, {"organizationId": OTHER_ORG}],
     }
 
 

@@ -153,7 +153,8 @@ class TokenValidator:
     def _caller(self, claims: dict[str, Any]) -> Caller:
         tenant: str = claims["tid"]
         home = tenant == self._config.home_tenant_id
-        if not home and tenant not in self._config.allowed_tenant_ids:
+        onboarded = self._config.onboarded_tenant_ids
+        if tenant not in onboarded:
             raise AccessDenied("This organization is not onboarded to the Referrals API.")
         roles = claims.get("roles")
         scopes = claims.get("scp")
@@ -166,7 +167,7 @@ class TokenValidator:
         can_read = can_write or READ in granted
         if not can_read:
             raise AccessDenied("The bearer token grants no permission of the Referrals API.")
-        return Caller(tenant, can_read=can_read, can_write=can_write, is_admin=is_admin)
+        return Caller(tenant, can_read=can_read, can_write=can_write, is_admin=is_admin, onboarded=onboarded)
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -22,7 +22,7 @@ from shared.model import (
     check_transition,
 )
 from shared.patching import JsonObject, changed_paths, merge_patch
-from shared.policy import Caller, check_create, check_update
+from shared.policy import Caller, check_create, check_participants, check_update
 from shared.store import to_json, utf16_units
 
 SERVER_MANAGED = ("id", "createdDate", "updatedDate")
@@ -42,6 +42,8 @@ def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tup
     requested = merge_patch({}, {key: value for key, value in patch.items() if key not in ("id", "participants")})
     invited = patch.get("participants")
     invited = [] if invited is None else invited
+    if isinstance(invited, list):  # a create ignores nulls here too: `status: null` removes nothing
+        invited = [merge_patch({}, entry) if isinstance(entry, dict) else entry for entry in invited]
     document: JsonObject = {
         "id": referral_id,
         "createdDate": now,
@@ -60,6 +62,7 @@ def create(caller: Caller, referral_id: str, patch: JsonObject, now: str) -> tup
         )
     check_transition(None, referral.status)
     check_create(caller, referral)
+    check_participants(caller, referral.participants[:1], referral.participants, _request_paths(invited))
     created = referral.to_json_dict()
     _check_size(created)
     changed = changed_paths({}, _tracked(created))
@@ -86,15 +89,18 @@ def update(
         key: value for key, value in patch.items() if key not in (*SERVER_MANAGED, "activities", "participants")
     }
     merged = merge_patch(current, requested)
+    paths: dict[str, str] = {}
     if "participants" in patch:
         merged["participants"] = merge_participants(
             caller, current["participants"], patch["participants"], mine["id"] if mine else None
         )
+        paths = _request_paths(patch["participants"])
     after = validate(merged)
     stored, result = before.to_json_dict(), after.to_json_dict()
     if result == stored:  # compared as stored, so {"details": {}} over no details is no change either
         return None
     check_update(caller, before, after)
+    check_participants(caller, before.participants, after.participants, paths)
     check_transition(before.status, after.status)
 
     updated = {**result, "updatedDate": now}
@@ -108,14 +114,21 @@ def update(
 def merge_participants(
     caller: Caller, stored: list[JsonObject], requested: Any, inviter_id: str | None
 ) -> list[JsonObject]:
-    """Match requested entries to stored ones by organizationId; unknown organizations are invited."""
+    """Match requested entries to stored ones by organizationId; unknown organizations are invited.
+    An entry `{"organizationId": ..., "status": null}` removes that organization's entry (who may is
+    `check_participants`); for an organization that is not a participant it does nothing, so a
+    repeated removal changes nothing rather than inviting it again."""
     if not isinstance(requested, list):
-        raise InvalidRequest("'participants' must be a list; participants cannot be removed.", target="participants")
+        raise InvalidRequest(
+            "'participants' must be a list; an entry is removed with {organizationId, status: null}.",
+            target="participants",
+        )
     if len(requested) > Limits.PARTICIPANTS:
         raise InvalidRequest(f"At most {Limits.PARTICIPANTS} participants.", target="participants")
     result = [dict(entry) for entry in stored]
     index_of = {entry["organizationId"]: index for index, entry in enumerate(result)}
     seen: set[str] = set()
+    removed: set[str] = set()
     for position, entry in enumerate(requested):
         path = f"participants[{position}]"
         if not isinstance(entry, dict):
@@ -131,18 +144,40 @@ def merge_participants(
             for name in ("id", "invitedByParticipantId"):
                 if name in entry and entry[name] != existing.get(name):
                     raise InvalidRequest(f"'{name}' is read-only.", target=f"{path}.{name}")
-            result[index_of[organization]] = merge_patch(existing, entry)
+            if _is_removal(entry, path):
+                removed.add(organization)
+            else:
+                result[index_of[organization]] = merge_patch(existing, entry)
         else:
             for name in ("id", "invitedByParticipantId"):
                 if name in entry:
                     raise InvalidRequest(f"'{name}' is set by the service.", target=f"{path}.{name}")
+            if _is_removal(entry, path):
+                continue
             invited = {"status": ParticipantStatus.INVITED.value, **merge_patch({}, entry)}
             invited["id"] = _new_participant_id()
             if inviter_id is not None:
                 invited["invitedByParticipantId"] = inviter_id
             index_of[organization] = len(result)
             result.append(invited)
-    return result
+    return [entry for entry in result if entry["organizationId"] not in removed]
+
+
+def _is_removal(entry: JsonObject, path: str) -> bool:
+    """Whether a requested entry removes its organization's entry: `status: null` and nothing else."""
+    if "status" not in entry or entry["status"] is not None:
+        return False
+    for name in entry:
+        if name not in ("organizationId", "status", "id", "invitedByParticipantId"):
+            raise InvalidRequest(
+                "A removal names the organizationId with status null, nothing else.", target=f"{path}.{name}"
+            )
+    return True
+
+
+def _request_paths(requested: list[JsonObject]) -> dict[str, str]:
+    """Each requested organization's entry in the request, as an error target: `participants[2]`."""
+    return {entry["organizationId"]: f"participants[{position}]" for position, entry in enumerate(requested)}
 
 
 def validate(document: JsonObject) -> Referral:
@@ -176,8 +211,9 @@ def activity(
 
 def field_changes(before: JsonObject | None, after: JsonObject) -> list[JsonObject]:
     """The values a change moved, for the tracked properties only (`TRACKED_PROPERTIES`, then each
-    participant's status in participant order): `{"property", "from"?, "to"?}` with the values as
-    stored, `from` left out when the property was absent and `to` when it is removed. `before` None
+    participant's status in participant order, then each removed participant's): `{"property",
+    "from"?, "to"?}` with the values as stored, `from` left out when the property was absent and `to`
+    when it is removed (a removed participant's status goes from Invited to nothing). `before` None
     is a creation: everything set comes from nothing, every participant (the creator included)
     appears with its first status. Contact data and free text are never tracked."""
     previous = before or {}
@@ -185,7 +221,11 @@ def field_changes(before: JsonObject | None, after: JsonObject) -> list[JsonObje
     statuses = {entry["organizationId"]: entry["status"] for entry in previous.get("participants", [])}
     for entry in after["participants"]:
         organization = entry["organizationId"]
-        changes.append(_change(f"participants[{organization}].status", statuses.get(organization), entry["status"]))
+        changes.append(
+            _change(f"participants[{organization}].status", statuses.pop(organization, None), entry["status"])
+        )
+    for organization, status in statuses.items():  # removed
+        changes.append(_change(f"participants[{organization}].status", status, None))
     return [change for change in changes if change is not None]
 
 

@@ -44,9 +44,15 @@ class Limits:
     # Statuses of participants already on the referral that one update may change (only an admin
     # changes more than its own). Each is recorded in the activity's `changes` (~110 characters), and
     # the referral's row holds its newest activities beside the referral: this bounds an activity to
-    # about 2 KB (tests/unit/test_rules.py). New participants are not counted: a referral has at most
-    # 49 invitations, ever.
+    # about 2 KB (tests/unit/test_rules.py). An admin's removal of an Invited entry counts (its status
+    # goes to none). New participants are not counted: one update adds at most 49.
     PARTICIPANT_STATUS_CHANGES = 10
+    # Invitations one participant organization added that are still Invited, at once (shared/policy.py);
+    # the creating organization and admins have no such limit.
+    PENDING_INVITATIONS_PER_INVITER = 5
+    # The last participant slots, which only the creating organization and admins fill: another inviter
+    # stops at PARTICIPANTS - RESERVED_PARTICIPANTS, so the creator can always invite.
+    RESERVED_PARTICIPANTS = 10
 
 
 class ReferralStatus(StrEnum):

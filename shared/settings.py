@@ -40,6 +40,12 @@ class AuthSettings:
     allowed_tenant_ids: frozenset[str]
     jwks_uri: str
 
+    @property
+    def onboarded_tenant_ids(self) -> frozenset[str]:
+        """The organizations that can call the API: our tenant and the partner tenants. With
+        AUTH_ALLOWED_TENANTS empty, that is our tenant alone. Invitations go only to these."""
+        return self.allowed_tenant_ids | {self.home_tenant_id}
+
 
 def load_storage_settings(env: Mapping[str, str]) -> StorageSettings:
     connection_string = env.get("REFERRALS_STORAGE", "").strip() or None

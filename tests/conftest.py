@@ -24,6 +24,8 @@ from shared.store import ReferralStore, get_store, reset_store
 HOME = DEV_HOME_TENANT
 PARTNER_A, PARTNER_B = DEV_PARTNER_TENANTS
 NOT_ONBOARDED = "44444444-4444-4444-8444-444444444444"
+# More onboarded partner tenants, for tests that fill a referral's participant list (`onboarded`).
+MORE_PARTNERS = [f"00000000-0000-4000-8000-{index:012d}" for index in range(1, 60)]
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +139,14 @@ class Api:
         )
         response = main(request)
         return Reply(response.status_code, dict(response.headers), response.get_body())
+
+
+@pytest.fixture
+def onboarded(api_env: None, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """MORE_PARTNERS onboarded too (AUTH_ALLOWED_TENANTS), so that they can be invited."""
+    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", ",".join([PARTNER_A, PARTNER_B, *MORE_PARTNERS]))
+    reset_process_state()
+    return MORE_PARTNERS
 
 
 @pytest.fixture

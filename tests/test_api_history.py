@@ -269,8 +269,10 @@ def test_the_history_needs_a_token(api: Api) -> None:
     assert reply.status == 401
 
 
-def test_an_admin_changing_many_participants_records_each_status_up_to_the_limit(api: Api, token: str) -> None:
-    organizations = [f"00000000-0000-4000-8000-{index:012d}" for index in range(Limits.PARTICIPANTS - 1)]
+def test_an_admin_changing_many_participants_records_each_status_up_to_the_limit(
+    api: Api, token: str, onboarded: list[str]
+) -> None:
+    organizations = onboarded[: Limits.PARTICIPANTS - 1]
     referral_id = new_id()
     invited = minimal_referral(participants=[{"organizationId": organization} for organization in organizations])
     created = api.post(referral_id, invited, token)

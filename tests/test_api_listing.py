@@ -154,6 +154,8 @@ def test_crash_after_index_write_before_referral_write_shows_nothing_new(
 ) -> None:
     referral_id = create(api)
     third = "55555555-5555-4555-8555-555555555555"
+    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", f"{PARTNER_A},{PARTNER_B},{third}")  # invitations go to onboarded ones
+    reset_process_state()
 
     def crash(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("process died")
@@ -168,8 +170,6 @@ def test_crash_after_index_write_before_referral_write_shows_nothing_new(
     assert listed.json["value"][0]["status"] == "Pending"
     assert ids(list_page(api, status="Active")) == []
     # The organization the failed write would have invited sees nothing.
-    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", f"{PARTNER_A},{PARTNER_B},{third}")
-    reset_process_state()
     assert ids(list_page(api, api.token(third))) == []
 
 

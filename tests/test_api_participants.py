@@ -87,9 +87,9 @@ def test_accepted_partner_cannot_change_referral_source(api: Api) -> None:
     assert reply.status == 403 and reply.json["error"]["target"] == "referralSource"
 
 
-def test_inviting_adds_a_participant_and_nobody_removes_one(api: Api) -> None:
+def test_inviting_adds_a_participant_and_participants_null_removes_none(api: Api, onboarded: list[str]) -> None:
     referral = create_with_invitee(api)
-    third = "55555555-5555-4555-8555-555555555555"
+    third = onboarded[0]
     invited = api.post(referral["id"], {"participants": [{"organizationId": third}]})
     assert invited.status == 200
     assert [p["organizationId"] for p in invited.json["participants"]] == [PARTNER_A, PARTNER_B, third]
@@ -153,9 +153,11 @@ def test_an_accepted_partner_cannot_change_its_own_participant_status(api: Api) 
     assert entry(after, PARTNER_A)["status"] == "Accepted" and entry(after, PARTNER_B)["status"] == "Accepted"
 
 
-def test_an_invited_partner_answering_cannot_also_edit_its_entry(api: Api) -> None:
+def test_an_invited_partner_answering_may_also_set_its_users_but_nothing_else(api: Api) -> None:
     referral = create_with_invitee(api)
+    token_b = api.token(PARTNER_B)
     patch = {"participants": [{"organizationId": PARTNER_B, "status": "Accepted", "users": [{"firstName": "Bo"}]}]}
-    assert api.post(referral["id"], patch, api.token(PARTNER_B)).status == 403
+    assert api.post(referral["id"], {**patch, "additionalInformation": "x"}, token_b).status == 403
+    assert api.post(referral["id"], patch, token_b).status == 200
     stored = entry(api.get(referral["id"]).json, PARTNER_B)
-    assert stored["status"] == "Invited" and "users" not in stored
+    assert stored["status"] == "Accepted" and stored["users"] == [{"firstName": "Bo"}]

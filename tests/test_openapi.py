@@ -66,6 +66,9 @@ MODELS: dict[type[BaseModel], tuple[str, str | None]] = {
 ENUMS: list[type[Enum]] = [ReferralStatus, ReferralSource, ParticipantStatus, ActivityAction]
 # Properties a model does not hold but the wire documents do: the referral's activities.
 EXTRA_PROPERTIES = {"Referral": {"activities"}, "ReferralPatch": {"activities"}}
+# Required properties a patch may still send as null, where null removes the object that holds them:
+# a participant's status (an admin's removal of an Invited entry, shared/editing.py).
+NULL_REMOVES_THE_ENTRY = {("ParticipantPatch", "status")}
 
 
 def test_the_spec_is_valid_openapi_3_1() -> None:
@@ -212,7 +215,7 @@ def test_every_model_field_is_in_its_merge_patch_schema_nullable_when_optional(m
             continue  # sent back unchanged only; checked below against the read-only lists
         value_schema, nullable = without_null(prop)
         # JSON merge patch: null removes a property, so only optional properties may be null.
-        assert nullable == (not info.is_required()), f"{name}.{field}"
+        assert nullable == (not info.is_required() or (name, field) in NULL_REMOVES_THE_ENTRY), f"{name}.{field}"
         check_property(name, field, expected(info.annotation, info.metadata), value_schema, patch=True)
 
 
@@ -276,6 +279,9 @@ def test_limits_outside_the_models_match() -> None:
     assert SCHEMAS["Activity"]["properties"]["changes"]["maxItems"] == MAX_CHANGES
     update = SPEC["paths"]["/v1/referrals/{referralId}"]["post"]["description"]
     assert f"at most {Limits.PARTICIPANT_STATUS_CHANGES} participants" in " ".join(update.split())
+    open_slots = Limits.PARTICIPANTS - Limits.RESERVED_PARTICIPANTS
+    assert f"at most {Limits.PENDING_INVITATIONS_PER_INVITER} of its invitations pending" in " ".join(update.split())
+    assert f"past {open_slots} participants: the last {Limits.RESERVED_PARTICIPANTS} places" in " ".join(update.split())
 
 
 def test_error_codes_are_the_ones_the_service_raises() -> None:

@@ -15,8 +15,13 @@ from shared.store import ACTIVITIES_PER_HISTORY_ROW, to_json
 
 A = "22222222-2222-4222-8222-222222222222"
 B = "33333333-3333-4333-8333-333333333333"
-PARTNER = Caller(A, can_read=True, can_write=True, is_admin=False)
-OTHER = Caller(B, can_read=True, can_write=True, is_admin=False)
+THIRD = "44444444-4444-4444-8444-444444444444"
+HOME = "11111111-1111-4111-8111-111111111111"
+INVITEES = [f"00000000-0000-4000-8000-{index:012d}" for index in range(Limits.PARTICIPANTS - 1)]
+ONBOARDED = frozenset({HOME, A, B, THIRD, *INVITEES})
+PARTNER = Caller(A, can_read=True, can_write=True, is_admin=False, onboarded=ONBOARDED)
+OTHER = Caller(B, can_read=True, can_write=True, is_admin=False, onboarded=ONBOARDED)
+ADMIN = Caller(HOME, can_read=True, can_write=True, is_admin=True, onboarded=ONBOARDED)
 NOW = "2026-11-21T10:00:00.000000Z"
 LATER = "2026-11-21T11:00:00.000000Z"
 
@@ -244,18 +249,13 @@ def test_a_participant_status_change_is_named_by_organization_and_an_invitation_
         OTHER, document, [], {"participants": [{"organizationId": B, "status": "Accepted"}]}, LATER
     ) or ({}, {})
     assert activity["changes"] == [{"property": f"participants[{B}].status", "from": "Invited", "to": "Accepted"}]
-    third = "44444444-4444-4444-8444-444444444444"
     _, invited = editing.update(
-        OTHER, answered, [], {"participants": [{"organizationId": third}], "status": "Lost"}, LATER
+        OTHER, answered, [], {"participants": [{"organizationId": THIRD}], "status": "Lost"}, LATER
     ) or ({}, {})
     assert invited["changes"] == [
         {"property": "status", "from": "Pending", "to": "Lost"},
-        {"property": f"participants[{third}].status", "to": "Invited"},
+        {"property": f"participants[{THIRD}].status", "to": "Invited"},
     ]
-
-
-ADMIN = Caller("11111111-1111-4111-8111-111111111111", can_read=True, can_write=True, is_admin=True)
-INVITEES = [f"00000000-0000-4000-8000-{index:012d}" for index in range(Limits.PARTICIPANTS - 1)]
 
 
 def test_one_update_changes_at_most_ten_existing_participant_statuses_but_may_invite_many() -> None:
@@ -324,13 +324,13 @@ def test_a_referral_larger_than_the_limit_is_refused() -> None:
     huge = {"details": {"notes": "n" * Limits.LONG_TEXT}, "additionalInformation": "a" * Limits.LONG_TEXT}
     participants = [
         {
-            "organizationId": f"00000000-0000-4000-8000-{index:012d}",
+            "organizationId": organization,
             "users": [{"firstName": "f" * 256, "lastName": "l" * 256, "email": f"u{i}@example.com"} for i in range(10)],
         }
-        for index in range(49)
+        for organization in INVITEES
     ]
-    with pytest.raises(PayloadTooLarge):
-        editing.update(PARTNER, document, [], {**huge, "participants": participants}, LATER)
+    with pytest.raises(PayloadTooLarge):  # only an admin writes users into other organizations' entries
+        editing.update(ADMIN, document, [], {**huge, "participants": participants}, LATER)
 
 
 def test_dealvalue_needs_a_currency_and_a_finite_non_negative_amount() -> None:
