@@ -42,6 +42,7 @@ from bench.workload import PARTNER_A, HarnessError, Raw, World
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKERS = 8
+HISTORY_UPDATES = 160  # activities 0-160: three archived rows of 50, the rest in the referral row
 
 Timer = Callable[[int], float]
 
@@ -132,6 +133,9 @@ class Bench:
     activity: StorageActivity = field(default_factory=lambda: StorageActivity())
     settle_each_call: bool = True  # off while concurrent clients run
     post_number: int = 0
+    history_id: str = ""  # a referral with HISTORY_UPDATES activities
+    delta_link: str = ""  # PARTNER_A's deltaLink from just after seeding (top 50)
+    delta_floor_key: str = ""  # the index position that delta reads from (its moment minus DELTA_MARGIN)
     runtime: Any = None  # the app loaded into azure-functions-runtime-v1 (`bench.workload.RuntimeApp`)
 
     # ------------------------------------------------------------------------------ handler operations
@@ -179,6 +183,34 @@ class Bench:
         with ThreadPoolExecutor(4) as pool:
             self.ids = list(pool.map(one, range(self.plan.pool)))
         self.status_queue = self.status_jobs()
+        self.seed_history()
+        self.seed_delta_link()
+
+    def seed_history(self) -> None:
+        """A referral whose history spans archived rows, for the history page."""
+        self.history_id = workload.new_referral_id()
+        self.etags[self.history_id] = ""
+        self.handler_post(self.history_id, workload.referral_document(0), False, expect=201)
+        for _ in range(HISTORY_UPDATES):
+            self.handler_post(self.history_id, self.details_patch(), False)
+
+    def seed_delta_link(self) -> None:
+        """A full listing of PARTNER_A, followed to its last page, for that page's deltaLink."""
+        from shared.service import DELTA_MARGIN
+        from shared.store import oldest_key_bound
+        from shared.timestamps import format_utc
+
+        link = f"{workload.URL}?top=50"
+        started = datetime.now(UTC)
+        for _ in range(100):
+            _, response = self.call(self.get_main, workload.link_request(self.token, link), 200)
+            page = json.loads(response.get_body())
+            if "deltaLink" in page:
+                self.delta_link = page["deltaLink"]
+                self.delta_floor_key = oldest_key_bound(format_utc(started - DELTA_MARGIN))
+                return
+            link = page["nextLink"]
+        raise HarnessError("the seeded listing did not end within 100 pages")
 
     def status_jobs(self) -> Iterator[tuple[str, str]]:
         """Each referral moves Pending -> Active, later Active -> Won: the only status changes allowed."""
@@ -311,7 +343,35 @@ def list_case(bench: Bench, round_number: int) -> Timer:
 
 def raw_list_case(bench: Bench, round_number: int) -> Timer:
     def run(index: int) -> float:
-        return timed(lambda: bench.raw.list_page(PARTNER_A, 50))
+        return timed(lambda: bench.raw.verified_page(PARTNER_A, 50))
+
+    return run
+
+
+def history_case(bench: Bench, round_number: int) -> Timer:
+    def run(index: int) -> float:
+        return bench.call(bench.get_main, workload.history_request(bench.token, bench.history_id, 100), 200)[0]
+
+    return run
+
+
+def raw_history_case(bench: Bench, round_number: int) -> Timer:
+    def run(index: int) -> float:
+        return timed(lambda: bench.raw.history_page(bench.history_id))
+
+    return run
+
+
+def delta_case(bench: Bench, round_number: int) -> Timer:
+    def run(index: int) -> float:
+        return bench.call(bench.get_main, workload.link_request(bench.token, bench.delta_link), 200)[0]
+
+    return run
+
+
+def raw_delta_case(bench: Bench, round_number: int) -> Timer:
+    def run(index: int) -> float:
+        return timed(lambda: bench.raw.verified_page(PARTNER_A, 50, bench.delta_floor_key))
 
     return run
 
@@ -535,7 +595,12 @@ def sequential_cases(bench: Bench, listing: bool) -> list[Case]:
              direct_get_case, None),
     ]
     if listing:
+        # Floors: the index query and a point read of each referral it names (a listing shows only what
+        # is current, so it verifies every row); for history, the referral row and its history rows.
         cases.append(Case("GET a page of 50 (listing)", "list", plan.listing, list_case, raw_list_case, None))
+        cases.append(Case("GET a delta page of 50", "delta", plan.listing, delta_case, raw_delta_case, None))
+        cases.append(Case("GET a history page of 100", "history", plan.listing, history_case, raw_history_case,
+                          None))
     return cases
 
 

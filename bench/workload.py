@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,9 +170,20 @@ class RuntimeApp:
 
 
 def list_request(token: str, top: int) -> func.HttpRequest:
+    return link_request(token, f"{URL}?top={top}")
+
+
+def link_request(token: str, url: str) -> func.HttpRequest:
+    """A GET of a listing URL (a first page, a nextLink or a deltaLink): the handler reads the URL's query."""
     return func.HttpRequest(
-        method="GET", url=f"{URL}?top={top}", headers={"Authorization": f"Bearer {token}"},
-        params={"top": str(top)}, route_params={}, body=b"",
+        method="GET", url=url, headers={"Authorization": f"Bearer {token}"}, params={}, route_params={}, body=b"",
+    )
+
+
+def history_request(token: str, referral_id: str, top: int) -> func.HttpRequest:
+    return func.HttpRequest(
+        method="GET", url=f"{URL}/{referral_id}/activities?top={top}", headers={"Authorization": f"Bearer {token}"},
+        params={}, route_params={"referralId": referral_id, "subresource": "activities"}, body=b"",
     )
 
 
@@ -247,6 +259,7 @@ class Raw:
 
     def __init__(self, table: TableClient) -> None:
         self.table = table
+        self.readers = ThreadPoolExecutor(8)
         self.activity = json.dumps(
             {"date": utc_now(), "organizationId": PARTNER_A, "action": "Updated", "toStatus": "Active",
              "changedProperties": ["details.notes"], "fromStatus": "Active"},
@@ -273,11 +286,27 @@ class Raw:
             match_condition=MatchConditions.IfNotModified,
         )
 
-    def list_page(self, tenant: str, top: int) -> list[Any]:
+    def list_page(self, tenant: str, top: int, from_key: str = "") -> list[Any]:
+        """One range query of an organization's index: `top` rows from `from_key` on."""
         pages = self.table.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": index_partition(tenant)}, results_per_page=top
+            "PartitionKey eq @pk and RowKey ge @from", parameters={"pk": index_partition(tenant), "from": from_key},
+            results_per_page=top,
         ).by_page()
         return list(next(pages, []))
+
+    def verified_page(self, tenant: str, top: int, from_key: str = "") -> list[Any]:
+        """The floor of a listing page that shows only what is current: the index query, then a point read
+        of each referral it names, 8 at a time (as the store fans out)."""
+        rows = self.list_page(tenant, top, from_key)
+        return list(self.readers.map(lambda row: self.table.get_entity(row["ReferralId"], REFERRAL_ROW), rows))
+
+    def history_page(self, referral_id: str) -> list[Any]:
+        """The floor of the first history page: the referral row, then its first history rows (one range query)."""
+        self.table.get_entity(referral_id, REFERRAL_ROW)
+        return list(self.table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @low and RowKey le @high",
+            parameters={"pk": referral_id, "low": "history-0000000000", "high": "history-0000000001"},
+        ))
 
     def copy_for_raw(self, referral_id: str) -> str:
         """The handler's entity, byte for byte, in a partition of its own for the raw writes."""
