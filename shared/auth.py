@@ -15,9 +15,11 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -74,8 +76,7 @@ class SigningKeys:
     def _refresh(self, now: float) -> None:
         self.fetch_count += 1
         try:
-            with urllib.request.urlopen(self._uri, timeout=5) as response:  # noqa: S310 (https/file only, checked in settings)
-                document = json.load(response)
+            document = json.loads(_fetch(self._uri))
             keys = {
                 jwk.key_id: jwk.key
                 for jwk in jwt.PyJWKSet.from_dict(document).keys
@@ -87,6 +88,17 @@ class SigningKeys:
             return
         self._keys = keys
         self._fetched_at = now
+
+
+def _fetch(uri: str) -> bytes:
+    """The JWKS document. A `file:` URI (local runs and tests) is read directly: urllib's file handler
+    guesses a media type first, initializing the mimetypes database, ~65 ms on a cold start."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path)).read_bytes()
+    with urllib.request.urlopen(uri, timeout=5) as response:  # noqa: S310 (https only here, checked in settings)
+        body: bytes = response.read()
+    return body
 
 
 class TokenValidator:

@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 import get_referral
 from scripts.dev_tokens import DEV_AUDIENCE, SigningKey
+from shared import auth
 from shared.store import ReferralStore
 from tests.conftest import HOME, NOT_ONBOARDED, PARTNER_A, PARTNER_B, Api, Reply, minimal_referral, new_id
 from tests.hardening.conftest import list_referrals, record
@@ -227,13 +227,13 @@ def test_a_flood_of_unknown_kids_fetches_the_signing_keys_at_most_once_a_minute(
     api: Api, monkeypatch: pytest.MonkeyPatch, storage_calls: list[str]
 ) -> None:
     fetches: list[str] = []
-    original = urllib.request.urlopen
+    original = auth._fetch
 
-    def counting(url: Any, *args: Any, **kwargs: Any) -> Any:
-        fetches.append(str(url))
-        return original(url, *args, **kwargs)
+    def counting(uri: str) -> bytes:
+        fetches.append(uri)
+        return original(uri)
 
-    monkeypatch.setattr(urllib.request, "urlopen", counting)
+    monkeypatch.setattr(auth, "_fetch", counting)
     assert api.get(new_id()).status == 404  # a valid token: the keys are fetched once
     assert len(fetches) == 1
     flood = 300
