@@ -1,0 +1,205 @@
+"""Webhook delivery: one pass over every Active subscription, resuming each from its stored position.
+
+Nothing on the write path waits for this or writes anything for it: delivery reads the changes from
+the organization's index (the admins' tenant: every referral's), through the same verified read as
+a delta listing (`shared.service.verified_index`), so what a delta link would show is what is sent.
+
+A subscription's position is a watermark W and the versions already delivered at or after
+W - DELTA_MARGIN (referralId -> updatedDate). A pass started at moment S reads the index from
+W - DELTA_MARGIN, oldest first, skips what was delivered, and sends each referral's current state
+(several undelivered changes of one referral merge into its latest; none is dropped). Each 2xx
+answer adds the version to the delivered set; when the pass has delivered everything it met, W
+becomes S and versions dated before S - DELTA_MARGIN are forgotten. A change committed after S is
+dated after S - DELTA_MARGIN (`shared.service.DELTA_MARGIN`), so the next pass reads it: nothing is
+lost, and the delivered set keeps the read-back from sending anything twice to a healthy receiver.
+
+A failure (non-2xx, timeout, refused connection, or an address the outbound check refuses) stops
+that subscription's pass and keeps its position; it is retried after an exponential backoff with
+jitter (`NextAttemptAt`), for `WEBHOOKS_RETRY_SECONDS` (24 h) from the first failure in a row, and
+then the subscription is Suspended until it is resumed. A retried event is the same event (same id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shared import outbound, service
+from shared.errors import ServiceNotAvailable
+from shared.events import build_event, event_type, signed_headers
+from shared.listing import ListQuery
+from shared.policy import Caller
+from shared.settings import settings
+from shared.store import ReferralStore, StoredReferral, StoredSubscription, WriteConflict
+from shared.subscriptions import ACTIVE, SUSPENDED
+from shared.timestamps import format_utc, parse_utc, utc_now
+
+log = logging.getLogger("referrals.delivery")
+
+# Backoff after the n-th failure in a row: BASE * 2^(n-1), at most MAX, times a random 0.5-1.
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 15 * 60.0
+# A pass ends well inside host.json's functionTimeout (30 s): no send starts after this many seconds
+# (a send takes at most outbound.TIMEOUT_SECONDS more); what is left is sent on the next pass.
+PASS_SECONDS = 20.0
+MAX_EVENTS_PER_PASS = 500  # per subscription: the rest on the next pass
+PARALLEL_SUBSCRIPTIONS = 8
+INDEX_PAGE_SIZE = 100
+# The position is saved when something changed, or at least this often (so W keeps up with time and
+# the read-back stays short) rather than on every idle pass.
+IDLE_SAVE_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    subscription_id: str
+    sent: int
+    failed: bool
+    suspended: bool
+
+
+def run_pass(store: ReferralStore) -> list[Outcome]:
+    """One delivery pass over every Active subscription that is due; returns when it is done."""
+    deadline = time.monotonic() + PASS_SECONDS
+    now = utc_now()
+    due = [
+        subscription
+        for subscription in store.subscriptions()
+        if subscription.status == ACTIVE and (subscription.next_attempt_at or "") <= now
+    ]
+    if not due:
+        return []
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_SUBSCRIPTIONS, len(due))) as pool:
+        results = list(pool.map(lambda subscription: _deliver_safely(store, subscription, deadline), due))
+    return [result for result in results if result is not None]
+
+
+def _deliver_safely(store: ReferralStore, subscription: StoredSubscription, deadline: float) -> Outcome | None:
+    try:
+        return deliver(store, subscription, deadline)
+    except (ServiceNotAvailable, WriteConflict) as error:
+        # Storage is away, or the subscription changed meanwhile (resumed, deleted): the position
+        # stays as stored and the next pass goes on from it.
+        log.warning(
+            json.dumps(
+                {
+                    "event": "deliveryDeferred",
+                    "subscriptionId": subscription.subscription_id,
+                    "error": type(error).__name__,
+                }
+            )
+        )
+        return None
+
+
+def reader(subscription: StoredSubscription, home_tenant_id: str) -> Caller:
+    """Who the subscription reads as: its organization, or for the admins' tenant every referral."""
+    return Caller(
+        subscription.organization,
+        can_read=True,
+        can_write=False,
+        is_admin=subscription.organization == home_tenant_id,
+    )
+
+
+def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: float) -> Outcome:
+    started = utc_now()
+    config = settings.webhooks()
+    caller = reader(subscription, settings.auth().home_tenant_id)
+    floor = format_utc(parse_utc(subscription.watermark) - service.DELTA_MARGIN)
+    delivered = dict(subscription.delivered)
+    sent = 0
+    failed = False
+    complete = True
+    source = f"https://{config.origin}/api/v1/referrals"
+    for batch, _ in service.verified_index(store, caller, ListQuery(), floor, INDEX_PAGE_SIZE):
+        for item in batch:
+            current = item.shown
+            if current is None or delivered.get(current.referral_id, "") >= current.updated_date:
+                continue
+            if sent >= MAX_EVENTS_PER_PASS or time.monotonic() >= deadline:
+                complete = False
+                break
+            if event_type(current) in subscription.events:
+                if not _send(subscription, current, source, config.allow_loopback):
+                    failed, complete = True, False
+                    break
+                sent += 1
+            delivered[current.referral_id] = current.updated_date
+        if not complete:
+            break
+
+    updated = dataclasses.replace(subscription, delivered=delivered)
+    if failed:
+        updated = _failed(updated, started, config.retry_seconds)
+    else:
+        updated = dataclasses.replace(updated, failures=0, failing_since=None, next_attempt_at=None)
+        if complete:
+            cutoff = format_utc(parse_utc(started) - service.DELTA_MARGIN)
+            kept = {referral: date for referral, date in delivered.items() if date >= cutoff}
+            updated = dataclasses.replace(updated, watermark=started, delivered=kept)
+    idle_for = parse_utc(started) - parse_utc(subscription.watermark)
+    if (
+        updated.delivered != subscription.delivered
+        or _state(updated) != _state(subscription)
+        or (idle_for >= IDLE_SAVE_INTERVAL and updated.watermark != subscription.watermark)
+    ):
+        store.save_subscription(updated)
+    return Outcome(subscription.subscription_id, sent, failed, updated.status == SUSPENDED)
+
+
+def _state(subscription: StoredSubscription) -> tuple[object, ...]:
+    return (subscription.status, subscription.failures, subscription.failing_since, subscription.next_attempt_at)
+
+
+def _failed(subscription: StoredSubscription, now: str, retry_seconds: int) -> StoredSubscription:
+    failures = subscription.failures + 1
+    failing_since = subscription.failing_since or now
+    if parse_utc(now) - parse_utc(failing_since) >= timedelta(seconds=retry_seconds):
+        log.warning(json.dumps({"event": "subscriptionSuspended", "subscriptionId": subscription.subscription_id}))
+        return dataclasses.replace(
+            subscription, status=SUSPENDED, failures=failures, failing_since=failing_since, next_attempt_at=None
+        )
+    delay = min(BACKOFF_BASE_SECONDS * 2 ** (failures - 1), BACKOFF_MAX_SECONDS) * random.uniform(0.5, 1.0)  # noqa: S311
+    next_attempt = format_utc(parse_utc(now) + timedelta(seconds=delay))
+    return dataclasses.replace(
+        subscription, failures=failures, failing_since=failing_since, next_attempt_at=next_attempt
+    )
+
+
+def _send(subscription: StoredSubscription, referral: StoredReferral, source: str, allow_loopback: bool) -> bool:
+    """One signed delivery; whether the receiver acknowledged it (2xx). Its answer is never logged."""
+    identifier, body = build_event(referral, source)
+    headers = signed_headers(subscription.secret, identifier, body)
+    started = time.perf_counter()
+    outcome: str
+    status: int | None = None
+    try:
+        answer = outbound.send(subscription.url, "POST", headers, body, allow_loopback=allow_loopback)
+        status = answer.status
+        outcome = "delivered" if 200 <= answer.status < 300 else "rejected"
+    except outbound.OutboundRefused:
+        outcome = "addressRefused"
+    except (OSError, http.client.HTTPException) as error:
+        outcome = "timeout" if isinstance(error, TimeoutError) else "unreachable"
+    log.info(
+        json.dumps(
+            {
+                "event": "webhookDelivery",
+                "subscriptionId": subscription.subscription_id,
+                "organizationId": subscription.organization,
+                "eventId": identifier,
+                "outcome": outcome,
+                "status": status,
+                "durationMs": round((time.perf_counter() - started) * 1000, 2),
+            }
+        )
+    )
+    return outcome == "delivered"
