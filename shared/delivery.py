@@ -30,9 +30,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from shared import outbound, service
-from shared.errors import ServiceNotAvailable
+from shared.errors import ApiError
 from shared.events import build_event, event_type, signed_headers
 from shared.listing import ListQuery
 from shared.policy import Caller
@@ -84,9 +85,9 @@ def run_pass(store: ReferralStore) -> list[Outcome]:
 def _deliver_safely(store: ReferralStore, subscription: StoredSubscription, deadline: float) -> Outcome | None:
     try:
         return deliver(store, subscription, deadline)
-    except (ServiceNotAvailable, WriteConflict) as error:
-        # Storage is away, or the subscription changed meanwhile (resumed, deleted): the position
-        # stays as stored and the next pass goes on from it.
+    except (ApiError, WriteConflict) as error:
+        # Storage is away (or refused the position), or the subscription changed meanwhile (resumed,
+        # deleted): the position stays as stored and the next pass goes on from it.
         log.warning(
             json.dumps(
                 {
@@ -118,33 +119,34 @@ def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: fl
     sent = 0
     failed = False
     complete = True
+    # The updatedDate of the last index row dealt with (sent, skipped or not visible): every row
+    # before it was, in RowKey order, so the position may advance to it even when the pass stops.
+    processed_until: str | None = None
     source = f"https://{config.origin}/api/v1/referrals"
     for batch, _ in service.verified_index(store, caller, ListQuery(), floor, INDEX_PAGE_SIZE):
         for item in batch:
             current = item.shown
-            if current is None or delivered.get(current.referral_id, "") >= current.updated_date:
-                continue
-            if sent >= MAX_EVENTS_PER_PASS or time.monotonic() >= deadline:
-                complete = False
-                break
-            if event_type(current) in subscription.events:
-                if not _send(subscription, current, source, config.allow_loopback):
-                    failed, complete = True, False
+            if current is not None and delivered.get(current.referral_id, "") < current.updated_date:
+                if sent >= MAX_EVENTS_PER_PASS or time.monotonic() >= deadline:
+                    complete = False
                     break
-                sent += 1
-            delivered[current.referral_id] = current.updated_date
+                if event_type(current) in subscription.events:
+                    if not _send(subscription, current, source, config.allow_loopback):
+                        failed, complete = True, False
+                        break
+                    sent += 1
+                delivered[current.referral_id] = current.updated_date
+            processed_until = item.row.updated_date
         if not complete:
             break
 
-    updated = dataclasses.replace(subscription, delivered=delivered)
+    updated = dataclasses.replace(
+        subscription, **_advanced(subscription, delivered, started, processed_until, complete)
+    )
     if failed:
         updated = _failed(updated, started, config.retry_seconds)
     else:
         updated = dataclasses.replace(updated, failures=0, failing_since=None, next_attempt_at=None)
-        if complete:
-            cutoff = format_utc(parse_utc(started) - service.DELTA_MARGIN)
-            kept = {referral: date for referral, date in delivered.items() if date >= cutoff}
-            updated = dataclasses.replace(updated, watermark=started, delivered=kept)
     idle_for = parse_utc(started) - parse_utc(subscription.watermark)
     if (
         updated.delivered != subscription.delivered
@@ -153,6 +155,34 @@ def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: fl
     ):
         store.save_subscription(updated)
     return Outcome(subscription.subscription_id, sent, failed, updated.status == SUSPENDED)
+
+
+def _advanced(
+    subscription: StoredSubscription,
+    delivered: dict[str, str],
+    started: str,
+    processed_until: str | None,
+    complete: bool,
+) -> dict[str, Any]:
+    """The position after a pass that started at `started`: the new watermark, and the delivered
+    versions still needed to skip the next pass's read-back.
+
+    Every change committed before `started` had its row in the index when the pass began, and one
+    committed after is dated after `started` - DELTA_MARGIN. So when the pass dealt with every row
+    dated before D (`processed_until`), every change dated before min(D, started - DELTA_MARGIN) has
+    been delivered: the watermark may move to min(D + DELTA_MARGIN, started), and to `started` when
+    the pass met no more rows. It never moves back. A stopped pass thus still moves the position, and
+    the delivered set stays about one pass's worth, however long a backlog is.
+    """
+    watermark = subscription.watermark
+    if complete:
+        watermark = started
+    elif processed_until is not None:
+        reach = format_utc(parse_utc(processed_until) + service.DELTA_MARGIN)
+        watermark = max(watermark, min(reach, started))
+    cutoff = format_utc(parse_utc(watermark) - service.DELTA_MARGIN)
+    kept = {referral: date for referral, date in delivered.items() if date >= cutoff}
+    return {"watermark": watermark, "delivered": kept}
 
 
 def _state(subscription: StoredSubscription) -> tuple[object, ...]:

@@ -526,3 +526,22 @@ def test_admins_subscription_reads_every_referral(api: Api, hooks_env: None, rec
     deliver()
     assert {referral for referral, _ in receiver.referral_events()} == ids
     assert HOME not in ids
+
+
+def test_a_backlog_larger_than_a_pass_is_delivered_over_several_and_the_position_keeps_up(
+    api: Api, hooks_env: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "MAX_EVENTS_PER_PASS", 2)
+    monkeypatch.setattr(delivery.service, "DELTA_MARGIN", delivery.timedelta(seconds=0.2))
+    subscription = subscribe(api, receiver.url)
+    written = [create(api) for _ in range(7)]
+    time.sleep(0.3)  # the backlog is older than the (shortened) read-back
+    positions = []
+    for _ in range(5):
+        deliver()
+        stored = get_store().subscription(PARTNER_A, subscription["id"])
+        assert stored is not None
+        positions.append(stored.watermark)
+        assert len(stored.delivered) <= 2  # about one pass's worth, not the whole backlog
+    assert [referral for referral, _ in receiver.referral_events()] == written  # oldest first, each once
+    assert positions == sorted(positions) and positions[0] > subscription["createdDate"]
