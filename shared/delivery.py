@@ -9,7 +9,8 @@ W - DELTA_MARGIN (referralId -> updatedDate). A pass started at moment S reads t
 W - DELTA_MARGIN, oldest first, skips what was delivered, and sends each referral's current state
 (several undelivered changes of one referral merge into its latest; none is dropped). Each 2xx
 answer adds the version to the delivered set; when the pass has delivered everything it met, W
-becomes S and versions dated before S - DELTA_MARGIN are forgotten. A change committed after S is
+becomes S and versions dated before S - DELTA_MARGIN are forgotten (a pass that stops early still
+moves W as far as is safe: `_advanced`). A change committed after S is
 dated after S - DELTA_MARGIN (`shared.service.DELTA_MARGIN`), so the next pass reads it: nothing is
 lost, and the delivered set keeps the read-back from sending anything twice to a healthy receiver.
 
