@@ -6,24 +6,34 @@ as in local settings). One delivery pass is one call of deliver_events' `main` w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 import deliver_events
 import subscriptions
-from shared import delivery, outbound
+from shared import delivery, outbound, service
 from shared.store import get_store
+from shared.timestamps import parse_utc
 from tests.conftest import HOME, PARTNER_A, PARTNER_B, Api, Reply, minimal_referral, new_id, reset_process_state
 
 URL = "http://localhost:7071/api/v1/subscriptions"
@@ -358,7 +368,7 @@ def test_backoff_spaces_out_attempts_with_jitter(
     assert len(receiver.receipts) == 1
     stored = get_store().subscription(PARTNER_A, subscription["id"])
     assert stored is not None and stored.failures == 1 and stored.next_attempt_at is not None
-    wait = (delivery.parse_utc(stored.next_attempt_at) - delivery.parse_utc(stored.failing_since or "")).total_seconds()
+    wait = (parse_utc(stored.next_attempt_at) - parse_utc(stored.failing_since or "")).total_seconds()
     assert 29 <= wait <= 61
 
 
@@ -532,7 +542,7 @@ def test_a_backlog_larger_than_a_pass_is_delivered_over_several_and_the_position
     api: Api, hooks_env: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(delivery, "MAX_EVENTS_PER_PASS", 2)
-    monkeypatch.setattr(delivery.service, "DELTA_MARGIN", delivery.timedelta(seconds=0.2))
+    monkeypatch.setattr(service, "DELTA_MARGIN", timedelta(seconds=0.2))
     subscription = subscribe(api, receiver.url)
     written = [create(api) for _ in range(7)]
     time.sleep(0.3)  # the backlog is older than the (shortened) read-back
@@ -545,3 +555,61 @@ def test_a_backlog_larger_than_a_pass_is_delivered_over_several_and_the_position
         assert len(stored.delivered) <= 2  # about one pass's worth, not the whole backlog
     assert [referral for referral, _ in receiver.referral_events()] == written  # oldest first, each once
     assert positions == sorted(positions) and positions[0] > subscription["createdDate"]
+
+
+def test_https_goes_to_the_checked_address_with_the_name_as_tls_server_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection is pinned to the address that was checked, while TLS still names (and
+    verifies) the host: a self-signed receiver on 127.0.0.1 sees the name in SNI and is refused for
+    its certificate, never reached by a second DNS lookup."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.partner.test")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.partner.test")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server_names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    def record_server_name(_socket: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> None:
+        server_names.append(server_name)
+
+    context.sni_callback = record_server_name
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept() -> None:
+        connection, _ = listener.accept()
+        with contextlib.suppress(OSError), context.wrap_socket(connection, server_side=True):
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    lookups: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(outbound, "resolve", resolve)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            outbound.send(f"https://hooks.partner.test:{port}/hooks", "POST", {}, b"{}", allow_loopback=True)
+        thread.join(5)
+    finally:
+        listener.close()
+    assert server_names == ["hooks.partner.test"]  # SNI is the name; the socket went to 127.0.0.1
+    assert lookups == ["hooks.partner.test"]  # one lookup: the one that was checked
