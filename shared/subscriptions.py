@@ -81,7 +81,7 @@ def create(store: ReferralStore, caller: Caller, body: Any) -> StoredSubscriptio
             f"'events' is a non-empty list of distinct values of {list(EVENT_TYPES)}.", target="events"
         )
     if len(store.subscriptions(caller.organization_id)) >= MAX_SUBSCRIPTIONS:
-        raise InvalidRequest(f"An organization has at most {MAX_SUBSCRIPTIONS} subscriptions.")
+        raise _too_many()
     handshake(url)
     now = utc_now()
     subscription = StoredSubscription(
@@ -96,8 +96,19 @@ def create(store: ReferralStore, caller: Caller, body: Any) -> StoredSubscriptio
         delivered={},
     )
     store.create_subscription(subscription)
+    # Creations racing past the count above: the oldest MAX_SUBSCRIPTIONS stand, any later one is undone.
+    standing = sorted(
+        store.subscriptions(caller.organization_id), key=lambda item: (item.created_date, item.subscription_id)
+    )
+    if subscription.subscription_id not in {item.subscription_id for item in standing[:MAX_SUBSCRIPTIONS]}:
+        store.delete_subscription(caller.organization_id, subscription.subscription_id)
+        raise _too_many()
     log.info(json.dumps({"event": "subscriptionCreated", "subscriptionId": subscription.subscription_id}))
     return subscription
+
+
+def _too_many() -> InvalidRequest:
+    return InvalidRequest(f"An organization has at most {MAX_SUBSCRIPTIONS} subscriptions.")
 
 
 def handshake(url: str) -> None:

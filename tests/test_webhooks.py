@@ -584,6 +584,7 @@ def test_https_goes_to_the_checked_address_with_the_name_as_tls_server_name(
     server_names: list[str | None] = []
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
     def record_server_name(_socket: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext) -> None:
         server_names.append(server_name)
 
@@ -613,3 +614,21 @@ def test_https_goes_to_the_checked_address_with_the_name_as_tls_server_name(
         listener.close()
     assert server_names == ["hooks.partner.test"]  # SNI is the name; the socket went to 127.0.0.1
     assert lookups == ["hooks.partner.test"]  # one lookup: the one that was checked
+
+
+def test_concurrent_creations_never_make_more_than_ten(api: Api, hooks_env: None, receiver: Receiver) -> None:
+    token = api.token()
+    statuses: list[int] = []
+    barrier = threading.Barrier(13)
+
+    def attempt() -> None:
+        barrier.wait()
+        statuses.append(call(api, "POST", body={"url": receiver.url}, token=token).status)
+
+    threads = [threading.Thread(target=attempt) for _ in range(13)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [201] * 10 + [400] * 3
+    assert len(call(api, "GET").json["value"]) == 10
