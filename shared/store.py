@@ -153,6 +153,10 @@ def utf16_units(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
+def _slot_row(slot: int) -> str:
+    return f"{SLOT_ROW_PREFIX}{slot:02d}"
+
+
 def _history_row(index: int) -> str:
     return f"{HISTORY_ROW_PREFIX}{index:010d}"
 
@@ -224,8 +228,15 @@ ALL_SHARDS = 16
 # The service's own settings row, apart from referrals (whose ids cannot hold ':') and indexes.
 META_PARTITION = "meta:service"
 TOKEN_KEY_ROW = "page-token-key"  # noqa: S105 (a row key: the key itself is random, in the row)
-# Webhook subscriptions, one partition per organization (`subscriptions:<tenant id>`), one row each.
+# Webhook subscriptions, one partition per organization (`subscriptions:<tenant id>`), one row each
+# (RowKey: its id, a GUID), and beside each a slot row (`slot-NN`) written in the same transaction: an
+# organization has as many subscriptions as slots, however many creations race.
 SUBSCRIPTION_PARTITION_PREFIX = "subscriptions:"
+SLOT_ROW_PREFIX = "slot-"
+
+
+class SlotTaken(Exception):
+    """The subscription slot was taken since the slots were read."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,7 @@ class StoredSubscription:
     failures: int = 0  # consecutive failed attempts
     failing_since: str | None = None  # the first of them
     next_attempt_at: str | None = None  # no attempt before this (backoff)
+    slot: int = 0  # its slot row, `slot-NN`
     storage_etag: str = ""
 
     def entity(self) -> dict[str, Any]:
@@ -263,6 +275,7 @@ class StoredSubscription:
             "Failures": self.failures,
             "FailingSince": self.failing_since or "",
             "NextAttemptAt": self.next_attempt_at or "",
+            "Slot": self.slot,
         }
         _put_text(entity, "Delivered", to_json(self.delivered))
         return entity
@@ -282,6 +295,7 @@ class StoredSubscription:
             failures=entity.get("Failures", 0),
             failing_since=entity.get("FailingSince") or None,
             next_attempt_at=entity.get("NextAttemptAt") or None,
+            slot=entity.get("Slot", 0),
             storage_etag=str(entity.metadata["etag"]),
         )
 
@@ -594,7 +608,7 @@ class ReferralStore:
             query, parameters = "PartitionKey eq @pk", {"pk": SUBSCRIPTION_PARTITION_PREFIX + organization}
         with _storage_faults("subscriptions"):
             rows = list(self._table.query_entities(query, parameters=parameters, **_call_options()))
-        return [StoredSubscription.from_entity(row) for row in rows]
+        return [StoredSubscription.from_entity(row) for row in rows if not row["RowKey"].startswith(SLOT_ROW_PREFIX)]
 
     def subscription(self, organization: str, subscription_id: str) -> StoredSubscription | None:
         with _storage_faults("subscription"):
@@ -607,8 +621,17 @@ class ReferralStore:
         return StoredSubscription.from_entity(entity)
 
     def create_subscription(self, subscription: StoredSubscription) -> None:
+        """Create the subscription and take its slot, in one transaction; `SlotTaken` when the slot is
+        someone else's by now (nothing is written then)."""
+        entity = subscription.entity()
+        slot = {"PartitionKey": entity["PartitionKey"], "RowKey": _slot_row(subscription.slot)}
         with _storage_faults("create subscription"):
-            self._table.create_entity(subscription.entity(), **_call_options())
+            try:
+                self._table.submit_transaction([("create", entity), ("create", slot)], **_call_options())
+            except TableTransactionError as error:
+                if error.status_code == 409:
+                    raise SlotTaken(subscription.slot) from None
+                raise
 
     def save_subscription(self, subscription: StoredSubscription) -> StoredSubscription:
         """Write `subscription` over the row it was read from; `WriteConflict` when that row has changed
@@ -626,10 +649,19 @@ class ReferralStore:
                 raise WriteConflict(subscription.subscription_id) from None
         return dataclasses.replace(subscription, storage_etag=str(metadata["etag"]))
 
-    def delete_subscription(self, organization: str, subscription_id: str) -> None:
-        """Delete a subscription, if it is there (deleting an absent row is no error)."""
+    def delete_subscription(self, subscription: StoredSubscription) -> None:
+        """Delete a subscription and free its slot, together; gone already is no error."""
+        partition = SUBSCRIPTION_PARTITION_PREFIX + subscription.organization
+        operations: list[Any] = [
+            ("delete", {"PartitionKey": partition, "RowKey": subscription.subscription_id}),
+            ("delete", {"PartitionKey": partition, "RowKey": _slot_row(subscription.slot)}),
+        ]
         with _storage_faults("delete subscription"):
-            self._table.delete_entity(SUBSCRIPTION_PARTITION_PREFIX + organization, subscription_id, **_call_options())
+            try:
+                self._table.submit_transaction(operations, **_call_options())
+            except TableTransactionError as error:
+                if error.status_code != 404:
+                    raise
 
     def history(self, referral_id: str) -> list[dict[str, Any]]:
         """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""

@@ -11,6 +11,7 @@ import dataclasses
 import http.client
 import json
 import logging
+import random
 import uuid
 from typing import Any
 
@@ -20,7 +21,7 @@ from shared.events import EVENT_TYPES, new_secret
 from shared.guid import parse_guid
 from shared.policy import Caller
 from shared.settings import settings
-from shared.store import ReferralStore, StoredSubscription, WriteConflict
+from shared.store import ReferralStore, SlotTaken, StoredSubscription, WriteConflict
 from shared.timestamps import utc_now
 
 log = logging.getLogger("referrals.subscriptions")
@@ -83,26 +84,32 @@ def create(store: ReferralStore, caller: Caller, body: Any) -> StoredSubscriptio
     if len(store.subscriptions(caller.organization_id)) >= MAX_SUBSCRIPTIONS:
         raise _too_many()
     handshake(url)
-    now = utc_now()
-    subscription = StoredSubscription(
-        organization=caller.organization_id,
-        subscription_id=str(uuid.uuid4()),
-        url=url,
-        events=tuple(events),
-        status=ACTIVE,
-        created_date=now,
-        secret=new_secret(),
-        watermark=now,  # changes from now on (and DELTA_MARGIN before) are delivered
-        delivered={},
-    )
-    store.create_subscription(subscription)
-    # Creations racing past the count above: the oldest MAX_SUBSCRIPTIONS stand, any later one is undone.
-    standing = sorted(
-        store.subscriptions(caller.organization_id), key=lambda item: (item.created_date, item.subscription_id)
-    )
-    if subscription.subscription_id not in {item.subscription_id for item in standing[:MAX_SUBSCRIPTIONS]}:
-        store.delete_subscription(caller.organization_id, subscription.subscription_id)
-        raise _too_many()
+    # Each lost race means another creation took a slot: after MAX_SUBSCRIPTIONS of them none is free.
+    for _ in range(MAX_SUBSCRIPTIONS + 1):
+        taken = {item.slot for item in store.subscriptions(caller.organization_id)}
+        free = [slot for slot in range(MAX_SUBSCRIPTIONS) if slot not in taken]
+        if not free:
+            raise _too_many()
+        now = utc_now()
+        subscription = StoredSubscription(
+            organization=caller.organization_id,
+            subscription_id=str(uuid.uuid4()),
+            url=url,
+            events=tuple(events),
+            status=ACTIVE,
+            created_date=now,
+            secret=new_secret(),
+            watermark=now,  # changes from now on (and DELTA_MARGIN before) are delivered
+            delivered={},
+            slot=random.choice(free),  # noqa: S311 (not security: spreads racing creations over slots)
+        )
+        try:
+            store.create_subscription(subscription)
+            break
+        except SlotTaken:
+            continue  # a creation racing for the same slot took it: read the slots again
+    else:
+        raise ServiceNotAvailable("Subscriptions are being created concurrently; retry shortly.", retry_after_seconds=1)
     log.info(json.dumps({"event": "subscriptionCreated", "subscriptionId": subscription.subscription_id}))
     return subscription
 
@@ -154,7 +161,7 @@ def list_all(store: ReferralStore, caller: Caller) -> list[StoredSubscription]:
 
 def delete(store: ReferralStore, caller: Caller, raw_id: str) -> None:
     found = get(store, caller, raw_id)
-    store.delete_subscription(found.organization, found.subscription_id)
+    store.delete_subscription(found)
 
 
 def resume(store: ReferralStore, caller: Caller, raw_id: str, body: Any) -> StoredSubscription:

@@ -631,4 +631,8 @@ def test_concurrent_creations_never_make_more_than_ten(api: Api, hooks_env: None
     for thread in threads:
         thread.join()
     assert sorted(statuses) == [201] * 10 + [400] * 3
-    assert len(call(api, "GET").json["value"]) == 10
+    listed = call(api, "GET").json["value"]
+    assert len(listed) == 10
+    assert call(api, "DELETE", listed[0]["id"]).status == 204  # frees its slot
+    subscribe(api, receiver.url)
+    assert call(api, "POST", body={"url": receiver.url}).status == 400
