@@ -333,7 +333,10 @@ def test_a_receiver_down_for_several_passes_then_up_gets_everything_duplicates_o
     for _ in range(3):
         deliver()  # each pass stops at the first failure
     failed_ids = [receipt.event["id"] for receipt in receiver.receipts if receipt.answered == 503]
-    assert len(failed_ids) == 3 and len(set(failed_ids)) == 1  # the same event retried
+    # One attempt a pass. Usually the same event each time; it can differ when `first`'s superseded
+    # index row (deleted after the response, in the background) is still there on one pass and not
+    # the next: that row shows `first` as it is now, ahead of the three new referrals.
+    assert len(failed_ids) == 3
     monkeypatch.setattr(outbound, "TIMEOUT_SECONDS", 0.3)
     receiver.delay = 1.0  # answers too late: a timeout is a failure too
     deliver()
@@ -344,6 +347,7 @@ def test_a_receiver_down_for_several_passes_then_up_gets_everything_duplicates_o
     assert got == {first, *written}
     acknowledged_ids = [receipt.event["id"] for receipt in receiver.acknowledged()]
     assert len(acknowledged_ids) == len(set(acknowledged_ids))  # nothing acknowledged came twice
+    assert set(failed_ids) <= set(acknowledged_ids)  # every failed event came again, and got through
     retried = {receipt.event["id"] for receipt in receiver.receipts if not 200 <= receipt.answered < 300}
     duplicates = {
         i for i in (r.event["id"] for r in receiver.receipts) if sum(r.event["id"] == i for r in receiver.receipts) > 1
