@@ -1,7 +1,7 @@
 """Webhook delivery: one pass over every Active subscription, resuming each from its stored position.
 
 Nothing on the write path waits for this or writes anything for it: delivery reads the changes from
-the organization's index (the admins' tenant: every referral's), through the same verified read as
+the organization's index (for a subscription an admin created: every referral's), through the same verified read as
 a delta listing (`shared.service.verified_index`), so what a delta link would show is what is sent.
 
 A subscription's position is a watermark W and the versions already delivered at or after
@@ -101,20 +101,15 @@ def _deliver_safely(store: ReferralStore, subscription: StoredSubscription, dead
         return None
 
 
-def reader(subscription: StoredSubscription, home_tenant_id: str) -> Caller:
-    """Who the subscription reads as: its organization, or for the admins' tenant every referral."""
-    return Caller(
-        subscription.organization,
-        can_read=True,
-        can_write=False,
-        is_admin=subscription.organization == home_tenant_id,
-    )
+def reader(subscription: StoredSubscription) -> Caller:
+    """Who the subscription reads as: its organization, or every referral for one an admin created."""
+    return Caller(subscription.organization, can_read=True, can_write=False, is_admin=subscription.reads_all)
 
 
 def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: float) -> Outcome:
     started = utc_now()
     config = settings.webhooks()
-    caller = reader(subscription, settings.auth().home_tenant_id)
+    caller = reader(subscription)
     floor = format_utc(parse_utc(subscription.watermark) - service.DELTA_MARGIN)
     delivered = dict(subscription.delivered)
     sent = 0

@@ -260,6 +260,7 @@ class StoredSubscription:
     failing_since: str | None = None  # the first of them
     next_attempt_at: str | None = None  # no attempt before this (backoff)
     slot: int = 0  # its slot row, `slot-NN`
+    reads_all: bool = False  # created by an admin (Referrals.Admin of our tenant): every referral's changes
     storage_etag: str = ""
 
     def entity(self) -> dict[str, Any]:
@@ -276,6 +277,7 @@ class StoredSubscription:
             "FailingSince": self.failing_since or "",
             "NextAttemptAt": self.next_attempt_at or "",
             "Slot": self.slot,
+            "ReadsAll": self.reads_all,
         }
         _put_text(entity, "Delivered", to_json(self.delivered))
         return entity
@@ -296,6 +298,7 @@ class StoredSubscription:
             failing_since=entity.get("FailingSince") or None,
             next_attempt_at=entity.get("NextAttemptAt") or None,
             slot=entity.get("Slot", 0),
+            reads_all=bool(entity.get("ReadsAll", False)),
             storage_etag=str(entity.metadata["etag"]),
         )
 

@@ -19,9 +19,10 @@ from shared import outbound
 from shared.errors import AccessDenied, InvalidRequest, ItemNotFound, ServiceNotAvailable
 from shared.events import EVENT_TYPES, new_secret
 from shared.guid import parse_guid
+from shared.listing import index_owner
 from shared.policy import Caller
 from shared.settings import settings
-from shared.store import ReferralStore, SlotTaken, StoredSubscription, WriteConflict
+from shared.store import ALL_ORGANIZATIONS, ReferralStore, SlotTaken, StoredSubscription, WriteConflict
 from shared.timestamps import utc_now
 
 log = logging.getLogger("referrals.subscriptions")
@@ -102,6 +103,8 @@ def create(store: ReferralStore, caller: Caller, body: Any) -> StoredSubscriptio
             watermark=now,  # changes from now on (and DELTA_MARGIN before) are delivered
             delivered={},
             slot=random.choice(free),  # noqa: S311 (not security: spreads racing creations over slots)
+            # What its organization may list: every referral only for an admin (`index_owner`).
+            reads_all=index_owner(caller) == ALL_ORGANIZATIONS,
         )
         try:
             store.create_subscription(subscription)

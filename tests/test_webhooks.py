@@ -534,12 +534,20 @@ def test_the_webhook_settings_are_validated(monkeypatch: pytest.MonkeyPatch) -> 
             load_webhook_settings(env)
 
 
-def test_admins_subscription_reads_every_referral(api: Api, hooks_env: None, receiver: Receiver) -> None:
-    subscribe(api, receiver.url, token=api.admin_token())
-    ids = {create(api), create(api, api.token(PARTNER_B))}
-    deliver()
-    assert {referral for referral, _ in receiver.referral_events()} == ids
-    assert HOME not in ids
+def test_admins_subscription_reads_every_referral_and_only_an_admins(api: Api, hooks_env: None) -> None:
+    admins, home_non_admin = start_receiver(), start_receiver()
+    try:
+        subscribe(api, admins.url, token=api.admin_token())
+        # Our own tenant without Referrals.Admin lists only its own referrals: so do its webhooks.
+        subscribe(api, home_non_admin.url, token=api.token(HOME))
+        ids = {create(api), create(api, api.token(PARTNER_B))}
+        deliver()
+        assert {referral for referral, _ in admins.referral_events()} == ids
+        assert home_non_admin.receipts == []
+    finally:
+        for made in (admins, home_non_admin):
+            made.server.shutdown()
+            made.server.server_close()
 
 
 def test_a_backlog_larger_than_a_pass_is_delivered_over_several_and_the_position_keeps_up(
