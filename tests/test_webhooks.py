@@ -178,6 +178,10 @@ def test_create_read_list_delete_and_the_secret_only_once(api: Api, hooks_env: N
     assert call(api, "DELETE", created["id"]).status == 204
     assert call(api, "GET", created["id"]).status == 404
     assert call(api, "DELETE", created["id"]).status == 404
+    referral_id = create(api)
+    assert api.post(referral_id, {"status": "Active"}).status == 200
+    deliver()
+    assert receiver.receipts == []  # nothing goes to a deleted subscription
 
 
 def test_an_organization_sees_only_its_own_subscriptions_at_most_ten(
