@@ -37,7 +37,7 @@ test: $(STAMP_PY) $(STAMP_NODE)
 
 lint: $(STAMP_PY)
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared get_referral update_referral scripts
+	$(PY) -m mypy shared get_referral update_referral subscriptions deliver_events scripts
 
 infra-check:
 	bash scripts/check-infra.sh

@@ -18,9 +18,10 @@ import json
 import os
 import re
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,107 @@ def http_routes(functions: dict[str, LoadedFunction], settings: HostSettings) ->
     return routes
 
 
+# NCRONTAB's six fields (the Functions timer trigger's schedule): their names and ranges.
+_CRON_FIELDS = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day", 1, 31),
+    ("month", 1, 12),
+    ("weekday", 0, 6),
+)
+
+
+def parse_ncrontab(schedule: str) -> list[frozenset[int]]:
+    """The values each field of a six-field NCRONTAB expression allows: `*`, `n`, `a-b`, any of them
+    with `/step`, and comma-separated lists (month and day names are not supported here)."""
+    fields = schedule.split()
+    if len(fields) != len(_CRON_FIELDS):
+        raise ValueError(f"A timer schedule has six fields (second to day of week): {schedule!r}")
+    allowed = []
+    for text, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+        values: set[int] = set()
+        for part in text.split(","):
+            match = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", part)
+            if match is None:
+                raise ValueError(f"Unsupported {name} field in timer schedule {schedule!r}")
+            start = low if match.group(1) == "*" else int(match.group(2))
+            end = high if match.group(1) == "*" else int(match.group(3) or (high if match.group(4) else start))
+            step = int(match.group(4) or 1)
+            if not low <= start <= end <= high or step < 1:
+                raise ValueError(f"Out-of-range {name} field in timer schedule {schedule!r}")
+            values.update(range(start, end + 1, step))
+        allowed.append(frozenset(values))
+    return allowed
+
+
+def next_occurrence(allowed: list[frozenset[int]], after: datetime) -> datetime:
+    """The first whole second after `after` that the schedule allows (within a year)."""
+    moment = after.replace(microsecond=0) + timedelta(seconds=1)
+    limit = moment + timedelta(days=366)
+    seconds, minutes, hours, days, months, weekdays = allowed
+    while moment < limit:
+        if moment.month not in months or moment.day not in days or (moment.isoweekday() % 7) not in weekdays:
+            moment = (moment + timedelta(days=1)).replace(hour=0, minute=0, second=0)
+        elif moment.hour not in hours:
+            moment = (moment + timedelta(hours=1)).replace(minute=0, second=0)
+        elif moment.minute not in minutes:
+            moment = (moment + timedelta(minutes=1)).replace(second=0)
+        elif moment.second not in seconds:
+            moment += timedelta(seconds=1)
+        else:
+            return moment
+    raise ValueError("The timer schedule allows no moment within a year.")
+
+
+class TimerScheduler:
+    """Runs the timer-triggered functions on their schedules (UTC, as WEBSITE_TIME_ZONE unset does),
+    each on a thread of its own, through the runtime (`RuntimeDriver.invoke_timer`). An invocation
+    that is still running when its next moment comes is not overlapped: that moment is skipped and
+    the next one runs past-due, as the host's singleton timer does."""
+
+    def __init__(self, driver: RuntimeDriver, functions: dict[str, LoadedFunction], settings: HostSettings) -> None:
+        self._driver = driver
+        self._timeout = settings.function_timeout.total_seconds()
+        self._stopping = threading.Event()
+        self._timers = [
+            (loaded, parse_ncrontab(str(loaded.folder.trigger["schedule"])))
+            for loaded in functions.values()
+            if loaded.folder.trigger.get("type") == "timerTrigger"
+        ]
+        self._threads: list[threading.Thread] = []
+        self.invocations: dict[str, int] = {loaded.folder.name: 0 for loaded, _ in self._timers}
+
+    @property
+    def names(self) -> list[str]:
+        return [loaded.folder.name for loaded, _ in self._timers]
+
+    def start(self) -> None:
+        for loaded, allowed in self._timers:
+            thread = threading.Thread(
+                target=self._run, args=(loaded, allowed), name=f"timer-{loaded.folder.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 35.0) -> None:
+        """No invocation starts after this; one in progress is waited for (up to functionTimeout)."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _run(self, loaded: LoadedFunction, allowed: list[frozenset[int]]) -> None:
+        due = next_occurrence(allowed, datetime.now(UTC))
+        past_due = False
+        while not self._stopping.wait(max((due - datetime.now(UTC)).total_seconds(), 0)):
+            self._driver.invoke_timer(loaded, past_due=past_due, timeout=self._timeout)
+            self.invocations[loaded.folder.name] += 1
+            following = next_occurrence(allowed, due)
+            now = datetime.now(UTC)
+            past_due = following < now  # this run outlasted its interval: moments in between are skipped
+            due = now if past_due else following
+
+
 def load_local_settings(root: Path = ROOT) -> None:
     """As `func start` does: local.settings.json's Values become environment variables (the environment wins)."""
     path = root / "local.settings.json"
@@ -116,19 +218,23 @@ class LocalHost(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], root: Path = ROOT) -> None:
+    def __init__(self, address: tuple[str, int], root: Path = ROOT, *, run_timers: bool = True) -> None:
         self.settings = read_host_settings(root)
         self.driver = RuntimeDriver(root)
         try:
             functions = self.driver.start(os.environ)
+            self.routes = http_routes(functions, self.settings)
+            self.timers = TimerScheduler(self.driver, functions, self.settings)
+            super().__init__(address, FunctionsHandler)
         except BaseException:
             self.driver.stop()
             raise
-        self.routes = http_routes(functions, self.settings)
-        super().__init__(address, FunctionsHandler)
+        if run_timers:
+            self.timers.start()
 
     def server_close(self) -> None:
         super().server_close()
+        self.timers.stop()
         self.driver.stop()
 
     def invoke(self, route: Route, request: HostRequest) -> HostResponse:
@@ -228,11 +334,12 @@ class FunctionsHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-def serve(host: str, port: int, root: Path = ROOT) -> LocalHost:
-    """A started-but-not-serving host; call `serve_forever` (tests run it on a thread)."""
+def serve(host: str, port: int, root: Path = ROOT, *, run_timers: bool = True) -> LocalHost:
+    """A started-but-not-serving host, its timer functions already on their schedules; call
+    `serve_forever` (tests run it on a thread) and `server_close` to stop both."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    return LocalHost((host, port), root)
+    return LocalHost((host, port), root, run_timers=run_timers)
 
 
 def main() -> None:
@@ -244,6 +351,8 @@ def main() -> None:
     server = serve(options.host, options.port)
     for route in server.routes:
         print(f"  {route.function.folder.name}: [{','.join(sorted(route.methods))}] {route.pattern.pattern}")
+    for name in server.timers.names:
+        print(f"  {name}: timer")
     print(f"Serving on http://{options.host}:{options.port} through azure-functions-runtime-v1", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

@@ -32,6 +32,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -245,57 +246,75 @@ def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Pa
     return Page(referrals, None, delta_token(query, caller, key, started))
 
 
-def _scan(
-    store: ReferralStore, caller: Caller, query: ListQuery, floor: str | None
-) -> tuple[list[StoredReferral], str | None, bool]:
-    """The referrals of one page, the row key it ends at, and whether a next page could hold more."""
+@dataclass(frozen=True)
+class Verified:
+    """An index row and what it shows the caller: the referral as it is now, or None."""
+
+    row: IndexEntry
+    shown: StoredReferral | None
+
+
+def verified_index(
+    store: ReferralStore, caller: Caller, query: ListQuery, since: str | None, page_size: int
+) -> Iterator[tuple[list[Verified], bool]]:
+    """The caller's index rows after `query.after_key` and at or after `since`, oldest first, in
+    batches, each row verified against its referral (`_listed`), with whether more rows follow. Rows
+    that can be deleted without losing anything (`_is_leftover`) are repaired as they are met.
+    Listings (`_scan`) and webhook delivery (`shared.delivery`) both read the index through this."""
     owner = index_owner(caller)
-    since = max(filter(None, (query.updated_since, floor)), default=None)
-    found: list[StoredReferral] = []
-    shown_ids: set[str] = set()
-    page_bytes = 0
-    last_key = query.after_key
-    examined = 0
     pages = store.scan_index(
         owner,
         after_key=query.after_key,
         updated_since=since,
         status=query.status,
         referral_source=query.referral_source,
-        page_size=query.top + 1,
+        page_size=page_size,
     )
     for rows, more_rows in pages:
         referrals = store.read_many([row.referral_id for row in rows])
-        stale: list[IndexEntry] = []
-        try:
-            for position, row in enumerate(rows):
-                if examined >= query.top * MAX_ROWS_EXAMINED_PER_ITEM:
-                    return found, last_key, True  # a short page: rows remain, the next page starts after
-                current = referrals[row.referral_id]
-                listed = _listed(row, current, caller, owner, query, since)
-                if listed is not None and listed.referral_id not in shown_ids:
-                    size = len(listed.summary().encode("utf-8")) + 1
-                    if found and page_bytes + size > MAX_PAGE_BYTES:
-                        return found, last_key, True  # full by size: this row starts the next page
-                    page_bytes += size
-                    found.append(listed)
-                    shown_ids.add(listed.referral_id)
-                examined += 1
-                last_key = row.row_key
-                if (listed is None or listed.etag != row.version) and _is_leftover(row, current):
-                    stale.append(row)
-                if len(found) == query.top:
-                    # A next page only if something could be on it: the rows read with this one
-                    # (already verified for free) or rows storage has not sent yet.
-                    rest = rows[position + 1 :]
-                    more = more_rows or any(
-                        r.referral_id not in shown_ids
-                        and _listed(r, referrals[r.referral_id], caller, owner, query, since) is not None
-                        for r in rest
-                    )
-                    return found, last_key, more
-        finally:
-            store.delete_index_entries(stale, wait=False)
+        batch = [Verified(row, _listed(row, referrals[row.referral_id], caller, owner, query, since)) for row in rows]
+        stale = [
+            item.row
+            for item in batch
+            if (item.shown is None or item.shown.etag != item.row.version)
+            and _is_leftover(item.row, referrals[item.row.referral_id])
+        ]
+        store.delete_index_entries(stale, wait=False)
+        yield batch, more_rows
+
+
+def _scan(
+    store: ReferralStore, caller: Caller, query: ListQuery, floor: str | None
+) -> tuple[list[StoredReferral], str | None, bool]:
+    """The referrals of one page, the row key it ends at, and whether a next page could hold more."""
+    since = max(filter(None, (query.updated_since, floor)), default=None)
+    found: list[StoredReferral] = []
+    shown_ids: set[str] = set()
+    page_bytes = 0
+    last_key = query.after_key
+    examined = 0
+    for batch, more_rows in verified_index(store, caller, query, since, query.top + 1):
+        for position, item in enumerate(batch):
+            if examined >= query.top * MAX_ROWS_EXAMINED_PER_ITEM:
+                return found, last_key, True  # a short page: rows remain, the next page starts after
+            listed = item.shown
+            if listed is not None and listed.referral_id not in shown_ids:
+                size = len(listed.summary().encode("utf-8")) + 1
+                if found and page_bytes + size > MAX_PAGE_BYTES:
+                    return found, last_key, True  # full by size: this row starts the next page
+                page_bytes += size
+                found.append(listed)
+                shown_ids.add(listed.referral_id)
+            examined += 1
+            last_key = item.row.row_key
+            if len(found) == query.top:
+                # A next page only if something could be on it: the rows read with this one
+                # (already verified for free) or rows storage has not sent yet.
+                more = more_rows or any(
+                    rest.shown is not None and rest.shown.referral_id not in shown_ids
+                    for rest in batch[position + 1 :]
+                )
+                return found, last_key, more
     return found, last_key, False
 
 

@@ -34,6 +34,19 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Outbound webhook delivery (`shared.outbound`, `shared.delivery`)."""
+
+    allow_loopback: bool  # local development and tests only: http:// receivers on loopback addresses
+    retry_seconds: int  # how long a failing subscription is retried before it is Suspended
+    origin: str  # who we are in the CloudEvents validation handshake (WebHook-Request-Origin)
+
+
+DEFAULT_WEBHOOK_RETRY_SECONDS = 24 * 3600
+_HOST_NAME = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     audience: str
     home_tenant_id: str
@@ -99,12 +112,27 @@ def load_auth_settings(env: Mapping[str, str]) -> AuthSettings:
     return AuthSettings(audience, home_tenant, frozenset(allowed), jwks_uri)
 
 
+def load_webhook_settings(env: Mapping[str, str]) -> WebhookSettings:
+    flag = env.get("WEBHOOKS_ALLOW_LOOPBACK", "").strip().lower() or "false"
+    if flag not in ("true", "false"):
+        raise ConfigurationError("WEBHOOKS_ALLOW_LOOPBACK", "must be true or false")
+    retry = env.get("WEBHOOKS_RETRY_SECONDS", "").strip() or str(DEFAULT_WEBHOOK_RETRY_SECONDS)
+    if not retry.isdigit() or not 0 < int(retry) <= 30 * 86400:
+        raise ConfigurationError("WEBHOOKS_RETRY_SECONDS", "must be a whole number of seconds, 1 to 2592000")
+    # Azure sets WEBSITE_HOSTNAME to the app's default host name: the origin a receiver allows.
+    origin = env.get("WEBSITE_HOSTNAME", "").strip() or "localhost"
+    if not _HOST_NAME.match(origin):
+        raise ConfigurationError("WEBSITE_HOSTNAME", "must be a host name")
+    return WebhookSettings(flag == "true", int(retry), origin)
+
+
 class _Settings:
     """Settings loaded from `os.environ` on first use and kept for the life of the process."""
 
     def __init__(self) -> None:
         self._storage = Lazy(lambda: load_storage_settings(os.environ))
         self._auth = Lazy(lambda: load_auth_settings(os.environ))
+        self._webhooks = Lazy(lambda: load_webhook_settings(os.environ))
 
     def storage(self) -> StorageSettings:
         return self._storage.get()
@@ -112,9 +140,13 @@ class _Settings:
     def auth(self) -> AuthSettings:
         return self._auth.get()
 
+    def webhooks(self) -> WebhookSettings:
+        return self._webhooks.get()
+
     def reset(self) -> None:
         self._storage.reset()
         self._auth.reset()
+        self._webhooks.reset()
 
 
 settings = _Settings()

@@ -28,6 +28,7 @@ Storage faults become `ServiceNotAvailable`; lost races become `WriteConflict` /
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import json
 import logging
@@ -152,6 +153,10 @@ def utf16_units(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-16-le")) // 2
 
 
+def _slot_row(slot: int) -> str:
+    return f"{SLOT_ROW_PREFIX}{slot:02d}"
+
+
 def _history_row(index: int) -> str:
     return f"{HISTORY_ROW_PREFIX}{index:010d}"
 
@@ -223,6 +228,79 @@ ALL_SHARDS = 16
 # The service's own settings row, apart from referrals (whose ids cannot hold ':') and indexes.
 META_PARTITION = "meta:service"
 TOKEN_KEY_ROW = "page-token-key"  # noqa: S105 (a row key: the key itself is random, in the row)
+# Webhook subscriptions, one partition per organization (`subscriptions:<tenant id>`), one row each
+# (RowKey: its id, a GUID), and beside each a slot row (`slot-NN`) written in the same transaction: an
+# organization has as many subscriptions as slots, however many creations race.
+SUBSCRIPTION_PARTITION_PREFIX = "subscriptions:"
+SLOT_ROW_PREFIX = "slot-"
+
+
+class SlotTaken(Exception):
+    """The subscription slot was taken since the slots were read."""
+
+
+@dataclass(frozen=True)
+class StoredSubscription:
+    """A webhook subscription and its delivery position (`shared.delivery`).
+
+    The secret is stored as given: it signs every delivery, so it must be readable (a hash would not
+    sign). It is returned only by the creation response and never logged.
+    """
+
+    organization: str
+    subscription_id: str
+    url: str
+    events: tuple[str, ...]
+    status: str  # Active or Suspended
+    created_date: str
+    secret: str
+    watermark: str  # every change dated before watermark - DELTA_MARGIN has been delivered
+    delivered: dict[str, str]  # referralId -> updatedDate delivered, for changes at or after that floor
+    failures: int = 0  # consecutive failed attempts
+    failing_since: str | None = None  # the first of them
+    next_attempt_at: str | None = None  # no attempt before this (backoff)
+    slot: int = 0  # its slot row, `slot-NN`
+    reads_all: bool = False  # created by an admin (Referrals.Admin of our tenant): every referral's changes
+    storage_etag: str = ""
+
+    def entity(self) -> dict[str, Any]:
+        entity: dict[str, Any] = {
+            "PartitionKey": SUBSCRIPTION_PARTITION_PREFIX + self.organization,
+            "RowKey": self.subscription_id,
+            "Url": self.url,
+            "Events": ",".join(self.events),
+            "Status": self.status,
+            "CreatedDate": self.created_date,
+            "Secret": self.secret,
+            "Watermark": self.watermark,
+            "Failures": self.failures,
+            "FailingSince": self.failing_since or "",
+            "NextAttemptAt": self.next_attempt_at or "",
+            "Slot": self.slot,
+            "ReadsAll": self.reads_all,
+        }
+        _put_text(entity, "Delivered", to_json(self.delivered))
+        return entity
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> StoredSubscription:
+        return cls(
+            organization=str(entity["PartitionKey"]).removeprefix(SUBSCRIPTION_PARTITION_PREFIX),
+            subscription_id=entity["RowKey"],
+            url=entity["Url"],
+            events=tuple(filter(None, entity["Events"].split(","))),
+            status=entity["Status"],
+            created_date=entity["CreatedDate"],
+            secret=entity["Secret"],
+            watermark=entity["Watermark"],
+            delivered=json.loads(_get_text(entity, "Delivered")),
+            failures=entity.get("Failures", 0),
+            failing_since=entity.get("FailingSince") or None,
+            next_attempt_at=entity.get("NextAttemptAt") or None,
+            slot=entity.get("Slot", 0),
+            reads_all=bool(entity.get("ReadsAll", False)),
+            storage_etag=str(entity.metadata["etag"]),
+        )
 
 
 def index_partitions(organization: str) -> list[str]:
@@ -522,6 +600,71 @@ class ReferralStore:
             yield ready, more
             if not more:
                 return
+
+    def subscriptions(self, organization: str | None = None) -> list[StoredSubscription]:
+        """An organization's webhook subscriptions, or (None) every organization's."""
+        if organization is None:
+            query = "PartitionKey ge @low and PartitionKey lt @high"
+            prefix = SUBSCRIPTION_PARTITION_PREFIX
+            parameters = {"low": prefix, "high": prefix[:-1] + chr(ord(prefix[-1]) + 1)}
+        else:
+            query, parameters = "PartitionKey eq @pk", {"pk": SUBSCRIPTION_PARTITION_PREFIX + organization}
+        with _storage_faults("subscriptions"):
+            rows = list(self._table.query_entities(query, parameters=parameters, **_call_options()))
+        return [StoredSubscription.from_entity(row) for row in rows if not row["RowKey"].startswith(SLOT_ROW_PREFIX)]
+
+    def subscription(self, organization: str, subscription_id: str) -> StoredSubscription | None:
+        with _storage_faults("subscription"):
+            try:
+                entity = self._table.get_entity(
+                    SUBSCRIPTION_PARTITION_PREFIX + organization, subscription_id, **_call_options()
+                )
+            except ResourceNotFoundError:
+                return None
+        return StoredSubscription.from_entity(entity)
+
+    def create_subscription(self, subscription: StoredSubscription) -> None:
+        """Create the subscription and take its slot, in one transaction; `SlotTaken` when the slot is
+        someone else's by now (nothing is written then)."""
+        entity = subscription.entity()
+        slot = {"PartitionKey": entity["PartitionKey"], "RowKey": _slot_row(subscription.slot)}
+        with _storage_faults("create subscription"):
+            try:
+                self._table.submit_transaction([("create", entity), ("create", slot)], **_call_options())
+            except TableTransactionError as error:
+                if error.status_code == 409:
+                    raise SlotTaken(subscription.slot) from None
+                raise
+
+    def save_subscription(self, subscription: StoredSubscription) -> StoredSubscription:
+        """Write `subscription` over the row it was read from; `WriteConflict` when that row has changed
+        or gone since (resumed, deleted), so a delivery pass never undoes what a caller just did."""
+        with _storage_faults("save subscription"):
+            try:
+                metadata = self._table.update_entity(
+                    subscription.entity(),
+                    mode=UpdateMode.REPLACE,
+                    etag=subscription.storage_etag,
+                    match_condition=MatchConditions.IfNotModified,
+                    **_call_options(),
+                )
+            except (ResourceModifiedError, ResourceNotFoundError):
+                raise WriteConflict(subscription.subscription_id) from None
+        return dataclasses.replace(subscription, storage_etag=str(metadata["etag"]))
+
+    def delete_subscription(self, subscription: StoredSubscription) -> None:
+        """Delete a subscription and free its slot, together; gone already is no error."""
+        partition = SUBSCRIPTION_PARTITION_PREFIX + subscription.organization
+        operations: list[Any] = [
+            ("delete", {"PartitionKey": partition, "RowKey": subscription.subscription_id}),
+            ("delete", {"PartitionKey": partition, "RowKey": _slot_row(subscription.slot)}),
+        ]
+        with _storage_faults("delete subscription"):
+            try:
+                self._table.submit_transaction(operations, **_call_options())
+            except TableTransactionError as error:
+                if error.status_code != 404:
+                    raise
 
     def history(self, referral_id: str) -> list[dict[str, Any]]:
         """Every activity of a referral, oldest first: archived rows, then unarchived, then shown."""

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from scripts.azurite import free_port
-from scripts.local_host import route_pattern, serve
-from tests.conftest import Api, minimal_referral, new_id
+from scripts.local_host import next_occurrence, parse_ncrontab, route_pattern, serve
+from tests.conftest import Api, minimal_referral, new_id, reset_process_state
 
 
-@pytest.fixture
-def base_url(api_env: None) -> Iterator[str]:
+def running_host() -> Iterator[str]:
     port = free_port()
     server = serve("127.0.0.1", port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -26,6 +29,18 @@ def base_url(api_env: None) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def base_url(api_env: None) -> Iterator[str]:
+    yield from running_host()
+
+
+@pytest.fixture
+def hooks_base_url(api_env: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.setenv("WEBHOOKS_ALLOW_LOOPBACK", "true")
+    reset_process_state()
+    yield from running_host()
 
 
 def call(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, dict[str, str], Any]:
@@ -156,3 +171,72 @@ def test_the_history_over_http_pages_through_every_activity_and_only_that_path_i
     assert status == 400 and body["error"]["target"] == "referralId"
     status, _, body = call(f"{referral}/activities", token, "POST", {})
     assert status == 405 and "error" in body
+
+
+def test_ncrontab_schedules_give_the_next_moments() -> None:
+    every_five = parse_ncrontab("*/5 * * * * *")
+    start = datetime(2026, 12, 2, 10, 0, 3, 500000, tzinfo=UTC)
+    assert next_occurrence(every_five, start) == start.replace(second=5, microsecond=0)
+    assert next_occurrence(every_five, start.replace(second=55)) == datetime(2026, 12, 2, 10, 1, 0, tzinfo=UTC)
+    daily = parse_ncrontab("0 30 9 * * 1-5")  # 09:30 on weekdays; 2026-12-05 is a Saturday
+    assert next_occurrence(daily, datetime(2026, 12, 4, 9, 30, tzinfo=UTC)) == datetime(2026, 12, 7, 9, 30, tzinfo=UTC)
+    for bad in ("* * * * *", "*/0 * * * * *", "61 * * * * *", "0 0 0 * JAN *"):
+        with pytest.raises(ValueError):
+            parse_ncrontab(bad)
+
+
+def test_the_host_runs_timer_functions_on_their_schedule_through_the_runtime_and_stops_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "functionTimeout": "00:00:30"}))
+    folder = tmp_path / "tick_every_second"
+    folder.mkdir()
+    binding = {"type": "timerTrigger", "direction": "in", "name": "timer", "schedule": "* * * * * *"}
+    (folder / "function.json").write_text(json.dumps({"scriptFile": "__init__.py", "bindings": [binding]}))
+    (folder / "__init__.py").write_text(
+        "import os, time\n"
+        "import azure.functions as func\n"
+        "def main(timer: func.TimerRequest) -> None:\n"
+        "    with open(os.environ['TICKS_FILE'], 'a') as ticks:\n"
+        "        ticks.write(f'{time.time()} {timer.past_due}\\n')\n"
+    )
+    ticks = tmp_path / "ticks.txt"
+    monkeypatch.setenv("TICKS_FILE", str(ticks))
+    server = serve("127.0.0.1", free_port(), tmp_path)
+    try:
+        assert server.timers.names == ["tick_every_second"] and server.routes == []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(ticks.read_text().splitlines() if ticks.exists() else []) < 3:
+            time.sleep(0.1)
+    finally:
+        server.server_close()
+    moments = [float(line.split()[0]) for line in ticks.read_text().splitlines()]
+    assert len(moments) >= 3
+    assert all(0.5 < later - earlier < 1.5 for earlier, later in itertools.pairwise(moments))
+    after_stop = len(moments)
+    time.sleep(1.5)
+    assert len(ticks.read_text().splitlines()) == after_stop  # stopped: nothing runs after server_close
+
+
+def test_the_local_host_delivers_webhooks_on_the_timers_schedule(hooks_base_url: str, api: Api) -> None:
+    from tests.test_webhooks import start_receiver
+
+    receiver = start_receiver()
+    try:
+        base_url = hooks_base_url
+        status, _, created = call(f"{base_url}/api/v1/subscriptions", api.token(), "POST", {"url": receiver.url})
+        assert status == 201, created
+        referral_id = new_id()
+        written = time.monotonic()
+        assert call(f"{base_url}/api/v1/referrals/{referral_id}", api.token(), "POST", minimal_referral())[0] == 201
+        while time.monotonic() - written < 15 and not any(
+            r.event["data"]["referralId"] == referral_id for r in receiver.acknowledged()
+        ):
+            time.sleep(0.05)
+        latency = time.monotonic() - written
+        assert latency < 15  # within 15 s of the write (the timer fires every 5 s)
+        print(f"write-to-delivery latency through the local host: {latency:.2f} s")
+        assert call(f"{base_url}/api/v1/subscriptions/{created['id']}", api.token(), "DELETE")[0] == 204
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()

@@ -311,6 +311,11 @@ EXPECTED_RESPONSES = {
         "500",
         "503",
     },
+    ("/v1/subscriptions", "get"): {"200", "401", "403", "500", "503"},
+    ("/v1/subscriptions", "post"): {"201", "400", "401", "403", "413", "415", "500", "503"},
+    ("/v1/subscriptions/{subscriptionId}", "get"): {"200", "401", "403", "404", "500", "503"},
+    ("/v1/subscriptions/{subscriptionId}", "post"): {"200", "400", "401", "403", "404", "413", "415", "500", "503"},
+    ("/v1/subscriptions/{subscriptionId}", "delete"): {"204", "401", "403", "404", "500", "503"},
 }
 
 
@@ -329,8 +334,10 @@ def test_every_operation_documents_its_responses_and_headers(operation: tuple[st
             assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
     if "200" in responses and method == "get" and path == "/v1/referrals/{referralId}":
         assert "ETag" in responses["200"]["headers"] and "ETag" in responses["304"]["headers"]
-    if method == "post":
+    if method == "post" and path.startswith("/v1/referrals"):
         assert {"ETag", "Location"} <= set(responses["201"]["headers"])
+    if method == "post" and path == "/v1/subscriptions":
+        assert "Location" in responses["201"]["headers"]
     assert "WWW-Authenticate" in SPEC["components"]["responses"]["Unauthenticated"]["headers"]
     assert "Retry-After" in SPEC["components"]["responses"]["ServiceNotAvailable"]["headers"]
 
@@ -403,3 +410,48 @@ def test_the_email_schema_accepts_what_the_model_accepts(value: str) -> None:
     """For addresses valid per RFC 5321 (`format: email`, which this does not evaluate), the schema's
     further rules accept exactly what email-validator accepts."""
     assert email_schema_accepts(value) == _accepts(Contact, {"email": value}), value
+
+
+def test_every_path_operation_is_one_the_responses_test_checks() -> None:
+    methods = {"get", "post", "put", "patch", "delete", "options", "head"}
+    documented = {(path, method) for path, item in SPEC["paths"].items() for method in item if method in methods}
+    assert documented == set(EXPECTED_RESPONSES)
+
+
+def test_the_webhook_events_are_documented_as_the_service_builds_them() -> None:
+    from shared.events import EVENT_TYPES, build_event, signed_headers
+    from shared.store import StoredReferral
+
+    assert set(SPEC["webhooks"]) == set(EVENT_TYPES)
+    assert SCHEMAS["EventType"]["enum"] == list(EVENT_TYPES)
+    body = '{"id":"r1","createdDate":"2026-01-01T00:00:00.000000Z","updatedDate":"2026-01-02T00:00:00.000000Z",'
+    body += '"status":"Active","activities":[{"changedProperties":["status"]}]}'
+    referral = StoredReferral("r1", body, '"v1"', frozenset(), "2026-01-02T00:00:00.000000Z", "", "", 0)
+    event_id, payload = build_event(referral, "https://example.test/api/v1/referrals")
+    import json
+
+    event = json.loads(payload)
+    schema = SCHEMAS["ReferralChangeEvent"]
+    assert set(event) == set(schema["required"]) == set(schema["properties"])
+    assert set(event["data"]) == set(SCHEMAS["ReferralChange"]["required"])
+    assert event["type"] == "referral-updated" and event["id"] == event_id
+    operation = SPEC["webhooks"]["referral-updated"]["post"]
+    headers = {parameter["name"] for parameter in operation["parameters"]}
+    assert headers == {
+        name for name in signed_headers("whsec_" + "A" * 43 + "=", event_id, payload) if name != "Content-Type"
+    }
+    assert "application/cloudevents+json" in operation["requestBody"]["content"]
+
+
+def test_the_subscription_schemas_match_the_service() -> None:
+    from shared import subscriptions
+    from shared.events import new_secret
+    from shared.store import StoredSubscription
+
+    item = StoredSubscription("o", "id", "https://x.test/", ("referral-created",), "Active", "t", new_secret(), "t", {})
+    assert set(subscriptions.view(item)) == set(SCHEMAS["Subscription"]["properties"])
+    created = subscriptions.view(item, with_secret=True)
+    assert re.fullmatch(
+        SCHEMAS["SubscriptionCreated"]["allOf"][1]["properties"]["secret"]["pattern"], created["secret"]
+    )
+    assert SCHEMAS["SubscriptionList"]["properties"]["value"]["maxItems"] == subscriptions.MAX_SUBSCRIPTIONS

@@ -69,13 +69,13 @@ def test_publish_ships_the_app_and_nothing_local() -> None:
         ".env",
     ]
     shipped = published(top_level + local_only)  # this checkout, plus what a machine adds
-    assert {"host.json", "requirements.txt", "shared", "get_referral", "update_referral"} <= shipped
+    functions = {"get_referral", "update_referral", "subscriptions", "deliver_events"}
+    assert {"host.json", "requirements.txt", "shared", *functions} <= shipped
     assert shipped <= {
         "host.json",
         "requirements.txt",
         "shared",
-        "get_referral",
-        "update_referral",
+        *functions,
         "README.md",
         ".funcignore",
     }

@@ -144,6 +144,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           name: 'AUTH_ALLOWED_TENANTS'
           value: authAllowedTenants
         }
+        // Webhooks: receivers are partner URLs on the internet; http to loopback is for local use only.
+        {
+          name: 'WEBHOOKS_ALLOW_LOOPBACK'
+          value: 'false'
+        }
         // DefaultAzureCredential picks the user-assigned identity.
         {
           name: 'AZURE_CLIENT_ID'
@@ -173,6 +178,14 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         }
       }
       scaleAndConcurrency: {
+        // The webhook delivery timer fires every 5 s: one instance stays ready for it, so a healthy
+        // receiver hears of a change within 15 s even when no request keeps the app awake.
+        alwaysReady: [
+          {
+            name: 'function:deliver_events'
+            instanceCount: 1
+          }
+        ]
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
       }

@@ -58,6 +58,7 @@ APP_SETTINGS_THE_CODE_READS = {
     "AUTH_TENANT_ID": "authTenantId",
     "AUTH_ALLOWED_TENANTS": "authAllowedTenants",
     "AZURE_CLIENT_ID": "identity.properties.clientId",
+    "WEBHOOKS_ALLOW_LOOPBACK": "false",
 }
 
 # Settings that Flex Consumption rejects or ignores (runtime and deployment live in functionAppConfig).
@@ -715,3 +716,10 @@ def test_parameters_file_holds_no_secrets() -> None:
     text = json.dumps(document)
     for marker in SECRET_MARKERS:
         assert marker not in text
+
+
+def test_the_webhook_delivery_timer_has_an_always_ready_instance() -> None:
+    scale = function_app()["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    assert {"name": "function:deliver_events", "instanceCount": 1} in scale["alwaysReady"]
+    schedule = json.loads((INFRA.parent / "deliver_events" / "function.json").read_text())["bindings"][0]
+    assert schedule["type"] == "timerTrigger" and schedule["schedule"] == "*/5 * * * * *"
