@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Iterable
 from functools import cache
 from typing import Any, Union
 
@@ -53,9 +54,18 @@ def _request_properties() -> dict[str, tuple[str, type[BaseModel] | None]]:
 
 def canonicalize(body: Any) -> JsonObject:
     """Rewrite a request body's property names to the wire names; unknown or repeated names -> 400."""
+    return _canonical_body(body, _request_properties())
+
+
+def canonical_names(body: Any, names: Iterable[str]) -> JsonObject:
+    """The same for a flat body whose properties are `names` (a subscription's, say)."""
+    return _canonical_body(body, {name.lower(): (name, None) for name in names})
+
+
+def _canonical_body(body: Any, properties: dict[str, tuple[str, type[BaseModel] | None]]) -> JsonObject:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    return _canonical_object(body, _request_properties(), "")
+    return _canonical_object(body, properties, "")
 
 
 def _canonical_value(value: Any, model: type[BaseModel] | None, path: str) -> Any:

@@ -48,6 +48,12 @@ ACCEPTED_MAY_CHANGE = frozenset(
 INVITATION_ANSWERS = frozenset({ParticipantStatus.ACCEPTED, ParticipantStatus.REJECTED})
 
 
+def check_can_write(caller: Caller) -> None:
+    """403 unless the token grants Referrals.ReadWrite (every write, and every subscription route)."""
+    if not caller.can_write:
+        raise AccessDenied("This token does not grant Referrals.ReadWrite.")
+
+
 def can_see(caller: Caller, organizations: Collection[str]) -> bool:
     return caller.is_admin or caller.organization_id in organizations
 

@@ -39,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 from shared import editing
 from shared.budget import MAX_CLOCK_SKEW_SECONDS, REQUEST_BUDGET_SECONDS
 from shared.errors import (
-    AccessDenied,
     Gone,
     InvalidRequest,
     ItemNotFound,
@@ -49,7 +48,7 @@ from shared.errors import (
 from shared.history import HistoryQuery, invalid_token
 from shared.listing import ListQuery, check_token, delta_token, index_owner, page_token
 from shared.patching import JsonObject
-from shared.policy import Caller, can_see
+from shared.policy import Caller, can_see, check_can_write
 from shared.store import (
     ALL_ORGANIZATIONS,
     AlreadyExists,
@@ -154,8 +153,7 @@ def create_or_update(
     if_match: list[str] | None,
 ) -> WriteResult:
     """Apply `patch` to the referral, creating it when absent. `if_match`: the ETags the caller allows."""
-    if not caller.can_write:
-        raise AccessDenied("This token does not grant Referrals.ReadWrite.")
+    check_can_write(caller)
     if patch.get("id") is not None and patch["id"] != referral_id:
         raise InvalidRequest("The body's 'id' differs from the id in the path.", target="id")
 

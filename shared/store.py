@@ -392,20 +392,13 @@ class _Write:
 class ReferralStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
-        self._token_key: bytes | None = None
-        self._token_key_lock = threading.Lock()
+        self._token_key = Lazy(self._load_token_key)
 
     def page_token_key(self) -> bytes:
         """The secret that signs page tokens (`shared.listing.page_token`). Every instance of the app
         must accept every other's tokens, so it lives in the table (`META_PARTITION`), created by
         whichever instance needs it first, and is read once per process."""
-        key = self._token_key
-        if key is None:
-            with self._token_key_lock:
-                if self._token_key is None:
-                    self._token_key = self._load_token_key()
-                key = self._token_key
-        return key
+        return self._token_key.get()
 
     def _load_token_key(self) -> bytes:
         with _storage_faults("read key"):

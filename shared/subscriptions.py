@@ -16,11 +16,12 @@ import uuid
 from typing import Any
 
 from shared import outbound
-from shared.errors import AccessDenied, InvalidRequest, ItemNotFound, ServiceNotAvailable
+from shared.errors import InvalidRequest, ItemNotFound, ServiceNotAvailable
 from shared.events import EVENT_TYPES, new_secret
 from shared.guid import parse_guid
 from shared.listing import index_owner
-from shared.policy import Caller
+from shared.patching import canonical_names
+from shared.policy import Caller, check_can_write
 from shared.settings import settings
 from shared.store import ALL_ORGANIZATIONS, ReferralStore, SlotTaken, StoredSubscription, WriteConflict
 from shared.timestamps import utc_now
@@ -30,27 +31,7 @@ log = logging.getLogger("referrals.subscriptions")
 MAX_SUBSCRIPTIONS = 10
 ACTIVE = "Active"
 SUSPENDED = "Suspended"
-_CREATE_PROPERTIES = {"url": "url", "events": "events"}
-
-
-def _require_write(caller: Caller) -> None:
-    if not caller.can_write:
-        raise AccessDenied("This token does not grant Referrals.ReadWrite.")
-
-
-def _properties(body: Any, allowed: dict[str, str]) -> dict[str, Any]:
-    """The body's properties by their canonical names (matched in any case); unknown ones are 400."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    found: dict[str, Any] = {}
-    for name, value in body.items():
-        canonical = allowed.get(name.lower())
-        if canonical is None:
-            raise InvalidRequest(f"Unknown property '{name}'.", target=name)
-        if canonical in found:
-            raise InvalidRequest(f"Property '{name}' appears more than once.", target=name)
-        found[canonical] = value
-    return found
+_CREATE_PROPERTIES = ("url", "events")
 
 
 def view(subscription: StoredSubscription, *, with_secret: bool = False) -> dict[str, Any]:
@@ -67,8 +48,8 @@ def view(subscription: StoredSubscription, *, with_secret: bool = False) -> dict
 
 
 def create(store: ReferralStore, caller: Caller, body: Any) -> StoredSubscription:
-    _require_write(caller)
-    properties = _properties(body, _CREATE_PROPERTIES)
+    check_can_write(caller)
+    properties = canonical_names(body, _CREATE_PROPERTIES)
     url = properties.get("url")
     if not isinstance(url, str) or not url:
         raise InvalidRequest("'url' is required: the receiver's https:// URL.", target="url")
@@ -150,7 +131,7 @@ def subscription_id(raw: str | None) -> str:
 
 
 def get(store: ReferralStore, caller: Caller, raw_id: str) -> StoredSubscription:
-    _require_write(caller)
+    check_can_write(caller)
     found = store.subscription(caller.organization_id, subscription_id(raw_id))
     if found is None:
         raise ItemNotFound("No such subscription.", target="subscriptionId")
@@ -158,7 +139,7 @@ def get(store: ReferralStore, caller: Caller, raw_id: str) -> StoredSubscription
 
 
 def list_all(store: ReferralStore, caller: Caller) -> list[StoredSubscription]:
-    _require_write(caller)
+    check_can_write(caller)
     return sorted(store.subscriptions(caller.organization_id), key=lambda item: item.created_date)
 
 
@@ -170,7 +151,7 @@ def delete(store: ReferralStore, caller: Caller, raw_id: str) -> None:
 def resume(store: ReferralStore, caller: Caller, raw_id: str, body: Any) -> StoredSubscription:
     """POST {"status": "Active"}: a suspended subscription is delivered to again, from where it stopped."""
     found = get(store, caller, raw_id)
-    properties = _properties(body, {"status": "status"})
+    properties = canonical_names(body, ["status"])
     if properties.get("status") != ACTIVE:
         raise InvalidRequest('A subscription is resumed with {"status": "Active"}.', target="status")
     for _ in range(3):  # a delivery pass may save its position meanwhile: read again, resume that
