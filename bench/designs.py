@@ -12,6 +12,9 @@ design choice in `shared.store` / `shared.service` can be judged before it is co
 - `10 calls (index, cleanup awaited)`: the same with the deletes awaited
 - `6 calls (index, no cleanup)`: index rows written before, previous rows left for listings to repair
 - `6 calls (index after, background)`: replace first, index rows written afterwards off the response
+- `4 calls (index in one transaction)`: every organization's row in one partition (a layout that
+  would need a partner listing to merge shards, as the admins' does), written in one entity group
+  transaction before the replace, and the previous rows deleted in one transaction off the response
 """
 
 from __future__ import annotations
@@ -62,6 +65,16 @@ class Designs:
         else:
             self.background.extend(futures)
 
+    def _put_in_one_transaction(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        shared = [{**row, "PartitionKey": "index:design", "RowKey": f"{number}:{row['RowKey']}"}
+                  for number, row in enumerate(rows)]
+        self.table.submit_transaction([("upsert", row, {"mode": UpdateMode.REPLACE}) for row in shared])
+        return shared
+
+    def _delete_in_one_transaction(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.background.append(self.pool.submit(self.table.submit_transaction, [("delete", row) for row in rows]))
+
     def _replace(self, partition: str) -> None:
         self.raw.post(partition)
 
@@ -94,6 +107,13 @@ class Designs:
                 self.pool.submit(self.table.upsert_entity, row, mode=UpdateMode.REPLACE) for row in rows
             )
 
+        def index_in_one_transaction(referral_id: str) -> None:
+            entity = self.table.get_entity(workload.RAW_PREFIX + referral_id, workload.REFERRAL_ROW)
+            rows = self._put_in_one_transaction(self._rows(referral_id))
+            self._conditional_replace(entity)
+            self._delete_in_one_transaction(previous.get(f"transaction:{referral_id}", []))
+            previous[f"transaction:{referral_id}"] = rows
+
         return {
             "2 calls: read + conditional replace": lambda referral_id: self._replace(
                 workload.RAW_PREFIX + referral_id
@@ -102,6 +122,7 @@ class Designs:
             "10 calls: index before, cleanup awaited": index_then_cleanup(True),
             "6 calls: index before, no cleanup": index_no_cleanup,
             "6 calls: index after, in background": index_after,
+            "4 calls: index in one transaction, cleanup in one": index_in_one_transaction,
         }
 
     def _conditional_replace(self, entity: Any) -> None:

@@ -39,6 +39,16 @@ class HostResponse:
     body: bytes
 
 
+# The Functions HTTP trigger's documented limits: "the URL length is limited to 4 KB (4,096 bytes)",
+# set by the httpRuntime element of the host's Web.config; the host answers 414 and never calls the
+# worker. Measured here on the request target as sent (path and query, percent-encoded).
+MAX_URL_BYTES = 4096
+
+
+def url_too_long(target: str) -> bool:
+    return len(target.encode("utf-8", "surrogateescape")) > MAX_URL_BYTES
+
+
 def request_url(scheme: str, host: str, target: str) -> str:
     """`Url = $"{scheme}://{request.Host}{request.Path}{request.QueryString}"`: the query string exactly as
     sent, so a function that reads its URL sees every parameter, even those `query_parameters` drops."""

@@ -35,6 +35,7 @@ from scripts.host_http import (
     request_body,
     request_url,
     route_parameters,
+    url_too_long,
 )
 from scripts.runtime_driver import LoadedFunction, RuntimeDriver
 
@@ -260,6 +261,8 @@ class FunctionsHandler(BaseHTTPRequestHandler):
         pass  # the functions log each request themselves
 
     def _dispatch(self) -> None:
+        if url_too_long(self.path):
+            return self._plain(414, "uriTooLong", "The request URL is over 4,096 bytes.")
         target = urlsplit(self.path)
         matched = [(route, match) for route in self.server.routes if (match := route.pattern.match(target.path))]
         if not matched:

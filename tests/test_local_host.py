@@ -100,6 +100,15 @@ def test_a_content_length_that_lies_is_400_not_a_hang(base_url: str, api: Api) -
     assert '"invalidRequest"' in reply
 
 
+def test_a_url_over_the_hosts_4_kb_limit_is_414_before_any_function_runs(base_url: str, api: Api) -> None:
+    base = f"{base_url}/api/v1/referrals?skipToken="
+    path_and_query = base.removeprefix(base_url)
+    status, _, body = call(base + "a" * (4096 - len(path_and_query)), api.token())
+    assert status == 400 and body["error"]["target"] == "skipToken"  # at the limit: the function answers
+    status, _, body = call(base + "a" * (4097 - len(path_and_query)), api.token())
+    assert status == 414 and body["error"]["code"] == "uriTooLong"
+
+
 @pytest.mark.parametrize(
     ("query", "status", "target"),
     [
