@@ -81,7 +81,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17:Clients authenticate with Entra ID bearer tokens, not client certificates.
-  // checkov:skip=CKV_AZURE_212:Flex Consumption manages instances itself and scales from zero; there is no minimum worker count to set.
+  // checkov:skip=CKV_AZURE_212:Flex Consumption counts instances in functionAppConfig.scaleAndConcurrency (alwaysReady: one for the webhook timer; HTTP scales from zero), not the siteConfig.numberOfWorkers this check reads.
   // checkov:skip=CKV_AZURE_213:The platform health check is not available on Flex Consumption.
   // checkov:skip=CKV_AZURE_222:Partner organisations call the API over the internet; every request needs a function key and an Entra ID token.
   // checkov:skip=CKV_AZURE_78:Flex Consumption refuses siteConfig.ftpsState (ARM error 51021), so it cannot be set to Disabled; code reaches a Flex app only through its deployment container.
