@@ -12,6 +12,9 @@ design choice in `shared.store` / `shared.service` can be judged before it is co
 - `10 calls (index, cleanup awaited)`: the same with the deletes awaited
 - `6 calls (index, no cleanup)`: index rows written before, previous rows left for listings to repair
 - `6 calls (index after, background)`: replace first, index rows written afterwards off the response
+- `3 calls (one index row)`: read, one index row, conditional replace: three round trips in series,
+  the floor the issues name, as if a referral had a single index row to write (none has: each has
+  its organizations' and an admins' shard's)
 - `4 calls (index in one transaction)`: every organization's row in one partition (a layout that
   would need a partner listing to merge shards, as the admins' does), written in one entity group
   transaction before the replace, and the previous rows deleted in one transaction off the response
@@ -107,6 +110,11 @@ class Designs:
                 self.pool.submit(self.table.upsert_entity, row, mode=UpdateMode.REPLACE) for row in rows
             )
 
+        def one_index_row(referral_id: str) -> None:
+            entity = self.table.get_entity(workload.RAW_PREFIX + referral_id, workload.REFERRAL_ROW)
+            self._put(self._rows(referral_id)[:1])
+            self._conditional_replace(entity)
+
         def index_in_one_transaction(referral_id: str) -> None:
             entity = self.table.get_entity(workload.RAW_PREFIX + referral_id, workload.REFERRAL_ROW)
             rows = self._put_in_one_transaction(self._rows(referral_id))
@@ -122,6 +130,7 @@ class Designs:
             "10 calls: index before, cleanup awaited": index_then_cleanup(True),
             "6 calls: index before, no cleanup": index_no_cleanup,
             "6 calls: index after, in background": index_after,
+            "3 calls: read, one index row, replace (the named floor)": one_index_row,
             "4 calls: index in one transaction, cleanup in one": index_in_one_transaction,
         }
 
