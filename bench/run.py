@@ -10,6 +10,7 @@ measurement, not a test. Exits non-zero only when the harness itself fails.
     .venv/bin/python -m bench.run                 # the full run (about 2 minutes on 2 cores)
     .venv/bin/python -m bench.run --quick         # fewer rounds and samples, to try the harness
     .venv/bin/python -m bench.run --profile post-details   # cProfile one handler case, no table
+    .venv/bin/python -m bench.run --cold-only     # only the cold start pairs (no warm cases, no memory)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,15 @@ class Bench:
         self.status_queue = self.status_jobs()
         self.seed_history()
         self.seed_delta_link()
+
+    def seed_cold(self) -> None:
+        """Only the referral the cold start reads, made as `seed` makes every referral of the pool."""
+        referral_id = workload.new_referral_id()
+        self.etags[referral_id] = ""
+        self.handler_post(referral_id, workload.referral_document(0), False, expect=201)
+        for tenant, patch in workload.seed_changes(0):
+            self.handler_post(referral_id, patch, False, self.world.token(tenant))
+        self.ids = [referral_id]
 
     def seed_history(self) -> None:
         """A referral whose history spans archived rows, for the history page."""
@@ -517,6 +527,8 @@ def cold_start(bench: Bench) -> dict[str, Any]:
         "added_ms": statistics.median((h - r) * 1000 for (h, _), (r, _) in pairs),
         "added_cpu_ms": statistics.median(h["cpu_ms"] - r["cpu_ms"] for (_, h), (_, r) in pairs),
         "target_added_ms": 50.0,
+        # Every pair's wall ms (handler, raw): one process varies by ~100 ms here, so the spread matters.
+        "pairs_ms": [[round(h * 1000, 1), round(r * 1000, 1)] for (h, _), (r, _) in pairs],
     }
 
 
@@ -686,9 +698,16 @@ def main() -> int:
     parser.add_argument("--profile", metavar="CASE", help="cProfile the handler of one case instead")
     parser.add_argument("--calls", type=int, default=150, help="calls to profile")
     parser.add_argument("--no-cold", action="store_true", help="skip cold start and memory")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the cold start pairs: no warm cases, no memory, one seeded referral")
+    parser.add_argument("--cold-pairs", type=int, metavar="N", help="cold start pairs (default 11, --quick 3)")
     parser.add_argument("--output", type=Path, help="where to write the JSON results")
     options = parser.parse_args()
+    if options.cold_only and (options.no_cold or options.profile):
+        parser.error("--cold-only measures only what --no-cold and --profile leave out")
     plan = (QUICK if options.quick or options.profile else FULL).sized()
+    if options.cold_pairs:
+        plan = replace(plan, cold_runs=options.cold_pairs)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -698,20 +717,26 @@ def main() -> int:
     world = World.start()
     try:
         bench = open_bench(world, plan)
-        log(f"Azurite on 127.0.0.1:{world.azurite.table_port}; seeding {plan.pool} referrals "
-            "(created, then 5 changes each, through the handlers)")
-        bench.seed()
-        warm_up(bench)
-        if options.profile:
-            profile(bench, options.profile, options.calls)
-            return 0
-        log(f"measuring: {plan.rounds} rounds")
-        result = measure(bench, log)
+        if options.cold_only:
+            log(f"Azurite on 127.0.0.1:{world.azurite.table_port}; seeding the one referral the cold start reads")
+            bench.seed_cold()
+            result: dict[str, Any] = {"rows": [], "notes": ["--cold-only: warm cases and peak memory not measured"]}
+        else:
+            log(f"Azurite on 127.0.0.1:{world.azurite.table_port}; seeding {plan.pool} referrals "
+                "(created, then 5 changes each, through the handlers)")
+            bench.seed()
+            warm_up(bench)
+            if options.profile:
+                profile(bench, options.profile, options.calls)
+                return 0
+            log(f"measuring: {plan.rounds} rounds")
+            result = measure(bench, log)
         if not options.no_cold:
-            log("cold start and peak memory (fresh interpreters)")
+            log("cold start" + ("" if options.cold_only else " and peak memory") + " (fresh interpreters)")
             try:
                 result["cold_start"] = cold_start(bench)
-                result["memory"] = peak_memory(bench)
+                if not options.cold_only:
+                    result["memory"] = peak_memory(bench)
             except HarnessError as error:  # keep what was measured; still a harness failure
                 result["notes"].append(f"harness failure in cold start / memory: {error}")
                 failed = True
@@ -732,8 +757,9 @@ def main() -> int:
 def report(result: dict[str, Any]) -> None:
     m = result["machine"]
     print(f"\nmachine: {m['nproc']} CPUs, {m['cpu']}, Python {m['python']}, Azurite {m['azurite']} (node {m['node']})")
-    print(f"plan: {result['plan']['rounds']} rounds, medians over rounds; latencies in ms\n")
-    print(stats.render_table(result["rows"]))
+    if result["rows"]:
+        print(f"plan: {result['plan']['rounds']} rounds, medians over rounds; latencies in ms\n")
+        print(stats.render_table(result["rows"]))
     for note in result["notes"]:
         print(f"note: {note}")
     verdicts = [(row["case"], row["verdict"]) for row in result["rows"] if row["verdict"] != "-"]
