@@ -9,13 +9,17 @@ import logging
 
 import azure.functions as func
 
-from shared import delivery
 from shared.store import get_store
 
 log = logging.getLogger("referrals.delivery")
 
 
 def main(timer: func.TimerRequest) -> None:
+    # Imported on the first pass, not when the worker loads this folder: the worker loads every folder
+    # before its first invocation, so a module-level import here (delivery, outbound HTTP, CloudEvents,
+    # Standard Webhooks) would be paid by the cold start of every instance, HTTP ones included.
+    from shared import delivery
+
     outcomes = delivery.run_pass(get_store())
     if outcomes or timer.past_due:
         log.info(

@@ -10,7 +10,6 @@ import json
 
 import azure.functions as func
 
-from shared import subscriptions
 from shared.http import Call, handle
 from shared.store import get_store, to_json
 
@@ -20,6 +19,11 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _use_case(call: Call) -> func.HttpResponse:
+    # Imported at the first subscription call, not when the worker loads this folder: every folder is
+    # loaded before the first invocation of any, so a module-level import (outbound HTTP, CloudEvents,
+    # Standard Webhooks) would slow the cold start of every referral request too.
+    from shared import subscriptions
+
     caller = call.authenticate()
     raw_id = call.request.route_params.get("subscriptionId")
     method = call.request.method.upper()
