@@ -19,6 +19,7 @@ Nothing here knows about referrals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -41,9 +42,12 @@ _PROTOS_PACKAGE = "_local_host_function_rpc"
 HOST_VERSION = "4.1042.100"
 
 
+@functools.cache
 def load_protos() -> types.SimpleNamespace:
     """The FunctionRpc message classes, as the proxy worker's `protos` module exposes them: one namespace
-    holding FunctionRpc_pb2's messages and the nullable wrapper types of shared/NullableTypes_pb2."""
+    holding FunctionRpc_pb2's messages and the nullable wrapper types of shared/NullableTypes_pb2.
+    Built once per process (finding the generated module in the distribution's file list takes ~6 ms
+    even when the modules are already imported)."""
     distribution = importlib.metadata.distribution(RUNTIME_DISTRIBUTION)
     generated = next(
         (path for path in distribution.files or [] if path.as_posix().endswith("protos/FunctionRpc_pb2.py")), None
