@@ -46,7 +46,8 @@ MAX_URL_BYTES = 4096
 
 
 def url_too_long(target: str) -> bool:
-    return len(target.encode("utf-8", "surrogateescape")) > MAX_URL_BYTES
+    """`target` as http.server reads the request line: ISO-8859-1, one character a byte."""
+    return len(target) > MAX_URL_BYTES
 
 
 def request_url(scheme: str, host: str, target: str) -> str:
