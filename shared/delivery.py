@@ -48,9 +48,11 @@ log = logging.getLogger("referrals.delivery")
 # Backoff after the n-th failure in a row: BASE * 2^(n-1), at most MAX, times a random 0.5-1.
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 15 * 60.0
-# A pass ends well inside host.json's functionTimeout (30 s): no send starts after this many seconds
-# (a send takes at most outbound.TIMEOUT_SECONDS more); what is left is sent on the next pass.
-PASS_SECONDS = 20.0
+# No send starts after this many seconds of a pass, and a send takes at most outbound.TIMEOUT_SECONDS
+# in all: a pass lasts at most ~10 s however slow one organization's receiver is, so a change made as
+# a pass begins reaches a healthy receiver of another organization by the pass after (README: 15 s).
+# What is left is sent on the next pass.
+PASS_SECONDS = 5.0
 MAX_EVENTS_PER_PASS = 500  # per subscription: the rest on the next pass
 PARALLEL_SUBSCRIPTIONS = 8
 INDEX_PAGE_SIZE = 100
@@ -71,10 +73,16 @@ def run_pass(store: ReferralStore) -> list[Outcome]:
     """One delivery pass over every Active subscription that is due; returns when it is done."""
     deadline = time.monotonic() + PASS_SECONDS
     now = utc_now()
+    # Onboarding is checked on every pass, as authentication checks it on every request: an
+    # organization taken off AUTH_ALLOWED_TENANTS gets no more events, and its position is kept
+    # (should it be onboarded again, delivery goes on from there).
+    onboarded = settings.auth().onboarded_tenant_ids
     due = [
         subscription
         for subscription in store.subscriptions()
-        if subscription.status == ACTIVE and (subscription.next_attempt_at or "") <= now
+        if subscription.status == ACTIVE
+        and (subscription.next_attempt_at or "") <= now
+        and subscription.organization in onboarded
     ]
     if not due:
         return []

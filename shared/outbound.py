@@ -11,16 +11,19 @@ elsewhere later: DNS rebinding):
   reserved, or otherwise not globally routable;
 - the connection goes to the address that was checked (pinned), with the name kept as the Host
   header and the TLS server name, so a second lookup cannot swap it for another;
-- no redirects (http.client follows none), a 5 s timeout, and at most 4 KiB of the answer read,
-  which is never logged.
+- no redirects (http.client follows none), at most 5 s for the whole exchange (connection, TLS,
+  request and answer together: a receiver that sends a byte every few seconds is cut off like a
+  silent one), and at most 4 KiB of the answer read, which is never logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -95,6 +98,10 @@ def check(url: str, allow_loopback: bool) -> Target:
         raise OutboundRefused("The URL must not hold credentials or a fragment.")
     if any(ord(character) <= 32 or ord(character) == 127 for character in url):
         raise OutboundRefused("The URL must not hold spaces or control characters.")
+    if not url.isascii():
+        # A request line is bytes: other characters would have to be encoded by someone, and guessing
+        # how is the receiver's business. Percent-encoded paths and punycode names work.
+        raise OutboundRefused("The URL must be ASCII: percent-encode the path, use the punycode host name.")
     port = port or (443 if scheme == "https" else 80)
     host = parts.hostname
     addresses = resolve(host, port)
@@ -118,25 +125,64 @@ def check(url: str, allow_loopback: bool) -> Target:
     return Target(scheme, host, port, path, parsed[0])
 
 
+class _Deadline:
+    """Ends an exchange at a moment, whatever it is doing then. A socket timeout bounds each read or
+    write alone, so a receiver that trickles its answer a byte at a time would never time out; at the
+    deadline the connection's socket is shut down, which ends any read or write in progress."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self.passed = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._socket = sock
+            if self.passed:
+                self._shut()
+
+    def end(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            self._shut()
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+
+def _connect(address: Address, port: int, timeout: float | None, deadline: _Deadline) -> socket.socket:
+    sock = socket.create_connection((str(address), port), timeout)
+    deadline.watch(sock)  # the raw socket: shutting it down also ends a TLS handshake or read over it
+    return sock
+
+
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """TLS to a checked address, verifying the certificate for the host name (SNI = the name)."""
 
-    def __init__(self, target: Target, timeout: float) -> None:
+    def __init__(self, target: Target, timeout: float, deadline: _Deadline) -> None:
         super().__init__(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
-        self._address = target.address
+        self._address, self._deadline = target.address, deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((str(self._address), self.port), self.timeout)
+        sock = _connect(self._address, self.port, self.timeout, self._deadline)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, target: Target, timeout: float) -> None:
+    def __init__(self, target: Target, timeout: float, deadline: _Deadline) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
-        self._address = target.address
+        self._address, self._deadline = target.address, deadline
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((str(self._address), self.port), self.timeout)
+        self.sock = _connect(self._address, self.port, self.timeout, self._deadline)
 
 
 def send(
@@ -153,13 +199,23 @@ def send(
     receiver cannot be reached or answers badly."""
     target = check(url, allow_loopback)
     timeout = TIMEOUT_SECONDS if timeout is None else timeout
+    deadline = _Deadline(timeout)
     connection: http.client.HTTPConnection = (
-        _PinnedHTTPSConnection(target, timeout) if target.scheme == "https" else _PinnedHTTPConnection(target, timeout)
+        _PinnedHTTPSConnection(target, timeout, deadline)
+        if target.scheme == "https"
+        else _PinnedHTTPConnection(target, timeout, deadline)
     )
     try:
         connection.request(method, target.path, body=body or None, headers={**headers, "Connection": "close"})
         response = connection.getresponse()
         data = response.read(MAX_RESPONSE_BYTES)
+        if deadline.passed:
+            raise TimeoutError("The receiver did not answer in time.")
         return Answer(response.status, {name.lower(): value for name, value in response.getheaders()}, data)
+    except (OSError, http.client.HTTPException) as error:
+        if deadline.passed:
+            raise TimeoutError("The receiver did not answer in time.") from error
+        raise
     finally:
+        deadline.end()
         connection.close()

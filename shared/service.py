@@ -62,7 +62,9 @@ from shared.timestamps import format_utc, parse_utc, utc_now
 
 log = logging.getLogger("referrals.service")
 
-# Enough for dozens of writers racing on one referral; each lost round costs one read and one write.
+# Each lost round costs one read and one write. With 8 writers racing on one referral, about 1 request
+# in 40 still loses every round and gets 503 with Retry-After (a hostile test's figure): nothing is
+# lost, the caller retries. More attempts would hold requests longer under contention.
 MAX_WRITE_ATTEMPTS = 12
 # An index row newer than its referral is a write in flight, or one that failed. Requests end within
 # the host's functionTimeout (30 s), so a row older than this can only be a failed write's.

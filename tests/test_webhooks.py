@@ -652,3 +652,80 @@ def test_concurrent_creations_never_make_more_than_ten(api: Api, hooks_env: None
     assert call(api, "DELETE", listed[0]["id"]).status == 204  # frees its slot
     subscribe(api, receiver.url)
     assert call(api, "POST", body={"url": receiver.url}).status == 400
+
+
+# --- receivers that hold on, odd URLs, offboarding (a hostile test's findings) --------------------
+
+
+@contextlib.contextmanager
+def trickling_receiver(every_seconds: float) -> Iterator[str]:
+    """A raw TCP receiver that reads the request, then sends its answer a byte every `every_seconds`:
+    each read of the client's returns in time, but the answer never ends."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nWebHook-Allowed-Origin: *\r\n" * 20:
+                    if stop.wait(every_seconds):
+                        break
+                    try:
+                        connection.sendall(bytes([byte]))
+                    except OSError:
+                        break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hooks"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_a_receiver_that_trickles_is_cut_off_at_the_deadline(api: Api, hooks_env: None) -> None:
+    with trickling_receiver(every_seconds=0.2) as url:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            outbound.send(url, "POST", {}, b"{}", allow_loopback=True, timeout=1.0)
+        assert time.monotonic() - started < 3.0  # per-read timeouts alone would wait out all 1,000 bytes
+        started = time.monotonic()
+        reply = call(api, "POST", body={"url": url})  # the handshake, with the 5 s total
+        assert reply.status == 400 and reply.json["error"]["target"] == "url", reply.body
+        assert time.monotonic() - started < outbound.TIMEOUT_SECONDS + 3.0
+
+
+@pytest.mark.parametrize("path", ["/hé", "/%C3%A9"])
+def test_a_receiver_url_must_be_ascii(api: Api, hooks_env: None, receiver: Receiver, path: str) -> None:
+    url = receiver.url.removesuffix("/hooks") + path
+    reply = call(api, "POST", body={"url": url})
+    if path.isascii():
+        assert reply.status == 201, reply.body  # percent-encoded: the same path, accepted
+    else:
+        assert reply.status == 400 and reply.json["error"]["target"] == "url", reply.body
+
+
+def test_an_organization_taken_off_the_onboarded_list_gets_no_more_events(
+    api: Api, hooks_env: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subscribe(api, receiver.url, token=api.token(PARTNER_B))
+    referral_id = create(api, participants=[{"organizationId": PARTNER_B}])
+    deliver()
+    assert receiver.referral_events() == [(referral_id, "referral-created")]
+    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", PARTNER_A)  # B is offboarded
+    reset_process_state()
+    assert api.post(referral_id, {"status": "Active"}).status == 200
+    deliver()
+    assert receiver.referral_events() == [(referral_id, "referral-created")]
+    monkeypatch.setenv("AUTH_ALLOWED_TENANTS", f"{PARTNER_A},{PARTNER_B}")  # and onboarded again
+    reset_process_state()
+    deliver()
+    assert receiver.referral_events() == [(referral_id, "referral-created"), (referral_id, "referral-updated")]
