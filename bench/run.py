@@ -169,15 +169,23 @@ class Bench:
 
     # ------------------------------------------------------------------------------------------ seeding
 
+    def seed_one(self, index: int, tokens: dict[str, str]) -> str:
+        """A referral of the pool: created, then changed as `workload.seed_changes` says."""
+        referral_id = workload.new_referral_id()
+        self.etags[referral_id] = ""
+        self.handler_post(referral_id, workload.referral_document(index), False, tokens[PARTNER_A], 201)
+        for tenant, patch in workload.seed_changes(index):
+            self.handler_post(referral_id, patch, False, tokens[tenant])
+        return referral_id
+
+    def seed_tokens(self) -> dict[str, str]:
+        return {tenant: self.world.token(tenant) for tenant in (workload.PARTNER_A, workload.PARTNER_B)}
+
     def seed(self) -> None:
-        tokens = {tenant: self.world.token(tenant) for tenant in (workload.PARTNER_A, workload.PARTNER_B)}
+        tokens = self.seed_tokens()
 
         def one(index: int) -> str:
-            referral_id = workload.new_referral_id()
-            self.etags[referral_id] = ""
-            self.handler_post(referral_id, workload.referral_document(index), False, tokens[PARTNER_A], 201)
-            for tenant, patch in workload.seed_changes(index):
-                self.handler_post(referral_id, patch, False, tokens[tenant])
+            referral_id = self.seed_one(index, tokens)
             self.raw.copy_for_raw(referral_id)
             return referral_id
 
@@ -189,12 +197,7 @@ class Bench:
 
     def seed_cold(self) -> None:
         """Only the referral the cold start reads, made as `seed` makes every referral of the pool."""
-        referral_id = workload.new_referral_id()
-        self.etags[referral_id] = ""
-        self.handler_post(referral_id, workload.referral_document(0), False, expect=201)
-        for tenant, patch in workload.seed_changes(0):
-            self.handler_post(referral_id, patch, False, self.world.token(tenant))
-        self.ids = [referral_id]
+        self.ids = [self.seed_one(0, self.seed_tokens())]
 
     def seed_history(self) -> None:
         """A referral whose history spans archived rows, for the history page."""

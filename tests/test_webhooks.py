@@ -57,6 +57,7 @@ class Receiver:
     server: ThreadingHTTPServer
     status: int = 200
     delay: float = 0.0  # seconds to wait before answering a POST (a timeout when past the client's)
+    slow: float = 0.0  # seconds to wait before acknowledging a POST normally (a slow, healthy receiver)
     allowed_origin: str | None = "*"
     handshake_status: int = 200
     receipts: list[Receipt] = field(default_factory=list)
@@ -98,6 +99,7 @@ def start_receiver() -> Receiver:
                 receiver.receipts.append(Receipt(headers, body, 0))
                 time.sleep(receiver.delay)
                 return
+            time.sleep(receiver.slow)
             receiver.receipts.append(Receipt(headers, body, receiver.status))
             self.send_response(receiver.status)
             self.send_header("Content-Length", "2")
@@ -729,3 +731,29 @@ def test_an_organization_taken_off_the_onboarded_list_gets_no_more_events(
     reset_process_state()
     deliver()
     assert receiver.referral_events() == [(referral_id, "referral-created"), (referral_id, "referral-updated")]
+
+
+def test_a_slow_receiver_holds_a_pass_no_longer_than_its_bound_and_others_are_served_in_it(
+    api: Api, hooks_env: None
+) -> None:
+    slow, other = start_receiver(), start_receiver()
+    try:
+        subscribe(api, slow.url)
+        subscribe(api, other.url, token=api.token(PARTNER_B))
+        slow.slow = 1.0  # each event acknowledged, a second later
+        # 9 s of sending: more than a pass may start sends for (5 s), less than the 20 s it used to be.
+        backlog = [create(api) for _ in range(9)]
+        own_b = create(api, api.token(PARTNER_B))
+        deliver()
+        # The pass started no send after PASS_SECONDS: part of the backlog waits for the next pass (with
+        # the 20 s the bound used to be, all of it went in one pass that held everyone's next events).
+        first_pass = [referral for referral, _ in slow.referral_events()]
+        assert 0 < len(first_pass) < len(backlog)
+        assert other.referral_events() == [(own_b, "referral-created")]  # served in the same pass
+        slow.slow = 0.0
+        deliver()
+        assert [referral for referral, _ in slow.referral_events()] == backlog  # the rest, in order, once
+    finally:
+        for made in (slow, other):
+            made.server.shutdown()
+            made.server.server_close()
