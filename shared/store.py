@@ -392,7 +392,21 @@ class _Write:
 class ReferralStore:
     def __init__(self, table: TableClient) -> None:
         self._table = table
+        self._table_checked = Lazy(self._create_table_if_missing)
         self._token_key = Lazy(self._load_token_key)
+
+    def _existing_table(self) -> TableClient:
+        """The table, after this process has made sure it exists (once; a failed check is tried
+        again). Every write and query goes through here. Point reads use `self._table` as it is: on
+        a missing table they answer 404 like a missing entity, which is then the truth, so an
+        instance's first GET does not wait a round trip for the check."""
+        self._table_checked.get()
+        return self._table
+
+    def _create_table_if_missing(self) -> bool:
+        with _storage_faults("create table"), suppress(ResourceExistsError):
+            self._table.create_table(**_call_options())
+        return True
 
     def page_token_key(self) -> bytes:
         """The secret that signs page tokens (`shared.listing.page_token`). Every instance of the app
@@ -410,7 +424,7 @@ class ReferralStore:
                 try:
                     key = secrets.token_bytes(32)
                     row = {"PartitionKey": META_PARTITION, "RowKey": TOKEN_KEY_ROW, "Key": key}
-                    self._table.create_entity(row, **_call_options())
+                    self._existing_table().create_entity(row, **_call_options())
                     return key
                 except ResourceExistsError:
                     continue  # another instance created it first: read theirs
@@ -443,7 +457,7 @@ class ReferralStore:
         write = self._prepare(referral_id, version, document, [activity], older_json="", archived_rows=0)
         with _storage_faults("create"):
             try:
-                self._table.create_entity(write.entity, **_call_options())
+                self._existing_table().create_entity(write.entity, **_call_options())
             except ResourceExistsError:
                 raise AlreadyExists(referral_id) from None
         return write.result
@@ -469,10 +483,11 @@ class ReferralStore:
             "etag": current.storage_etag,
             "match_condition": MatchConditions.IfNotModified,
         }
+        table = self._existing_table()
         with _storage_faults("replace"):
             try:
                 if not write.archive_rows:
-                    self._table.update_entity(
+                    table.update_entity(
                         write.entity,
                         mode=UpdateMode.REPLACE,
                         etag=current.storage_etag,
@@ -481,7 +496,7 @@ class ReferralStore:
                     )
                 else:
                     operations: list[Any] = [("create", row) for row in write.archive_rows]
-                    self._table.submit_transaction(
+                    table.submit_transaction(
                         [*operations, ("update", write.entity, condition)], **_call_options()
                     )
             except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
@@ -509,9 +524,11 @@ class ReferralStore:
         return dict(zip(unique, _in_parallel(self.read, unique), strict=True))
 
     def put_index_entries(self, entries: list[IndexEntry]) -> None:
+        table = self._existing_table()
+
         def put(entry: IndexEntry) -> None:
             with _storage_faults("index write"):
-                self._table.upsert_entity(entry.entity(), mode=UpdateMode.REPLACE, **_call_options())
+                table.upsert_entity(entry.entity(), mode=UpdateMode.REPLACE, **_call_options())
 
         _in_parallel(put, entries)
 
@@ -525,7 +542,7 @@ class ReferralStore:
 
         def delete(entry: IndexEntry) -> None:
             try:
-                self._table.delete_entity(entry.partition_key, entry.row_key, **_call_options())
+                self._existing_table().delete_entity(entry.partition_key, entry.row_key, **_call_options())
             except AzureError as error:
                 log.warning(to_json({"event": "indexCleanupDeferred", "error": type(error).__name__}))
 
@@ -571,7 +588,7 @@ class ReferralStore:
             conditions.append("ReferralSource eq @source")
             parameters["source"] = referral_source
         shards = [
-            _ShardScan(self._table, organization, partition, " and ".join(conditions), parameters, page_size)
+            _ShardScan(self._existing_table(), organization, partition, " and ".join(conditions), parameters, page_size)
             for partition in index_partitions(organization)
         ]
         while True:
@@ -603,7 +620,7 @@ class ReferralStore:
         else:
             query, parameters = "PartitionKey eq @pk", {"pk": SUBSCRIPTION_PARTITION_PREFIX + organization}
         with _storage_faults("subscriptions"):
-            rows = list(self._table.query_entities(query, parameters=parameters, **_call_options()))
+            rows = list(self._existing_table().query_entities(query, parameters=parameters, **_call_options()))
         return [StoredSubscription.from_entity(row) for row in rows if not row["RowKey"].startswith(SLOT_ROW_PREFIX)]
 
     def subscription(self, organization: str, subscription_id: str) -> StoredSubscription | None:
@@ -623,7 +640,7 @@ class ReferralStore:
         slot = {"PartitionKey": entity["PartitionKey"], "RowKey": _slot_row(subscription.slot)}
         with _storage_faults("create subscription"):
             try:
-                self._table.submit_transaction([("create", entity), ("create", slot)], **_call_options())
+                self._existing_table().submit_transaction([("create", entity), ("create", slot)], **_call_options())
             except TableTransactionError as error:
                 if error.status_code == 409:
                     raise SlotTaken(subscription.slot) from None
@@ -634,7 +651,7 @@ class ReferralStore:
         or gone since (resumed, deleted), so a delivery pass never undoes what a caller just did."""
         with _storage_faults("save subscription"):
             try:
-                metadata = self._table.update_entity(
+                metadata = self._existing_table().update_entity(
                     subscription.entity(),
                     mode=UpdateMode.REPLACE,
                     etag=subscription.storage_etag,
@@ -654,7 +671,7 @@ class ReferralStore:
         ]
         with _storage_faults("delete subscription"):
             try:
-                self._table.submit_transaction(operations, **_call_options())
+                self._existing_table().submit_transaction(operations, **_call_options())
             except TableTransactionError as error:
                 if error.status_code != 404:
                     raise
@@ -682,7 +699,7 @@ class ReferralStore:
             low, high = first // ACTIVITIES_PER_HISTORY_ROW, (min(end, archived) - 1) // ACTIVITIES_PER_HISTORY_ROW
             with _storage_faults("history"):
                 rows = list(
-                    self._table.query_entities(
+                    self._existing_table().query_entities(
                         "PartitionKey eq @pk and RowKey ge @low and RowKey le @high",
                         parameters={"pk": current.referral_id, "low": _history_row(low), "high": _history_row(high)},
                         **_call_options(),
@@ -966,8 +983,7 @@ def _open_table(config: StorageSettings) -> TableClient:
             credential=_identity_credential(config.managed_identity_client_id),
             **_client_options(),
         )
-    with _storage_faults("create table"), suppress(ResourceExistsError):
-        service.create_table(config.table_name)
+    # The table is created by the store when first written to or queried (`_existing_table`).
     return service.get_table_client(config.table_name)
 
 

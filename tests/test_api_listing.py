@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 import pytest
+from azure.data.tables import TableServiceClient
 
 import get_referral
 from shared import service
@@ -80,6 +82,31 @@ def test_lists_own_referrals_oldest_update_first(api: Api, fresh_table: None) ->
     assert "nextLink" not in reply.json
     # Listings show referrals without their activities (the history endpoint has those).
     assert reply.json["value"][2] == {k: v for k, v in api.get(first).json.items() if k != "activities"}
+
+
+def table_exists() -> bool:
+    service = TableServiceClient.from_connection_string(os.environ["REFERRALS_STORAGE"])
+    name = os.environ["REFERRALS_TABLE"]
+    return any(table.name == name for table in service.list_tables())
+
+
+def test_an_instance_makes_its_table_on_first_write_or_query_and_a_read_before_is_404(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A point read does not wait for the table check (a cold instance's first GET): on a table that
+    # is not there it is 404, and leaves none behind.
+    assert api.get(new_id()).status == 404
+    assert not table_exists()
+    # A query (a listing) makes sure of it first: without that, storage's TableNotFound would be 500.
+    reply = list_page(api)
+    assert reply.status == 200 and reply.json["value"] == []
+    assert table_exists()
+    # And so does a write, when it is an instance's first storage call.
+    monkeypatch.setenv("REFERRALS_TABLE", f"List{uuid.uuid4().hex[:12]}")
+    reset_process_state()
+    referral_id = create(api)
+    assert table_exists()
+    assert ids(list_page(api)) == [referral_id]
 
 
 def test_filters_by_status_source_and_updated_since(api: Api, fresh_table: None) -> None:

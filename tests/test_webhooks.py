@@ -186,6 +186,16 @@ def test_create_read_list_delete_and_the_secret_only_once(api: Api, hooks_env: N
     assert receiver.receipts == []  # nothing goes to a deleted subscription
 
 
+def test_the_first_call_on_a_new_table_lists_no_subscriptions_and_delivers_nothing(
+    api: Api, hooks_env: None
+) -> None:
+    # Both query the table; the store makes it first (`_existing_table`), or storage's TableNotFound
+    # would be a 500 and a failed pass.
+    deliver()
+    listed = call(api, "GET")
+    assert listed.status == 200 and listed.json["value"] == []
+
+
 def test_an_organization_sees_only_its_own_subscriptions_at_most_ten(
     api: Api, hooks_env: None, receiver: Receiver
 ) -> None:

@@ -88,7 +88,7 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 }
 
 // The table service has no soft delete. The Referrals table is created here, so the app's own
-// create-if-missing at startup finds it in place.
+// create-if-missing (once per instance, before its first write or query) finds it in place.
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2024-01-01' = {
   parent: storageAccount
   name: 'default'
