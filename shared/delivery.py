@@ -22,7 +22,6 @@ then the subscription is Suspended until it is resumed. A retried event is the s
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import logging
@@ -144,13 +143,11 @@ def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: fl
         if not complete:
             break
 
-    updated = dataclasses.replace(
-        subscription, **_advanced(subscription, delivered, started, processed_until, complete)
-    )
+    updated = subscription._replace(**_advanced(subscription, delivered, started, processed_until, complete))
     if failed:
         updated = _failed(updated, started, config.retry_seconds)
     else:
-        updated = dataclasses.replace(updated, failures=0, failing_since=None, next_attempt_at=None)
+        updated = updated._replace(failures=0, failing_since=None, next_attempt_at=None)
     idle_for = parse_utc(started) - parse_utc(subscription.watermark)
     if (
         updated.delivered != subscription.delivered
@@ -198,13 +195,13 @@ def _failed(subscription: StoredSubscription, now: str, retry_seconds: int) -> S
     failing_since = subscription.failing_since or now
     if parse_utc(now) - parse_utc(failing_since) >= timedelta(seconds=retry_seconds):
         log.warning(json.dumps({"event": "subscriptionSuspended", "subscriptionId": subscription.subscription_id}))
-        return dataclasses.replace(
-            subscription, status=SUSPENDED, failures=failures, failing_since=failing_since, next_attempt_at=None
+        return subscription._replace(
+            status=SUSPENDED, failures=failures, failing_since=failing_since, next_attempt_at=None
         )
     delay = min(BACKOFF_BASE_SECONDS * 2 ** (failures - 1), BACKOFF_MAX_SECONDS) * random.uniform(0.5, 1.0)  # noqa: S311
     next_attempt = format_utc(parse_utc(now) + timedelta(seconds=delay))
-    return dataclasses.replace(
-        subscription, failures=failures, failing_since=failing_since, next_attempt_at=next_attempt
+    return subscription._replace(
+        failures=failures, failing_since=failing_since, next_attempt_at=next_attempt
     )
 
 

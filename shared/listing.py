@@ -13,7 +13,7 @@ import hmac
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 from shared.errors import InvalidRequest
 from shared.model import REFERRAL_ID_PATTERN, ReferralSource, ReferralStatus
@@ -41,8 +41,7 @@ _FILTERS = ("status", "referral_source", "updated_since", "top")
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # `format_utc`'s
 
 
-@dataclass(frozen=True)
-class ListQuery:
+class ListQuery(NamedTuple):
     """A listing's filters and page size (what tokens are bound to), and where in a run it is."""
 
     status: str | None = None
@@ -88,10 +87,10 @@ def parse_list_query(params: Iterable[tuple[str, str]], caller: Caller) -> ListQ
             raise _invalid("skipToken")
         if content["f"] != "" and not _TIMESTAMP.fullmatch(content["f"]):
             raise _invalid("skipToken")
-        return replace(query, after_key=content["k"], started=content["t"], floor=content["f"] or None, token=skip)
+        return query._replace(after_key=content["k"], started=content["t"], floor=content["f"] or None, token=skip)
     if delta is not None:
         content = _read(delta, "deltaToken", _DELTA_FIELDS, query, caller)
-        return replace(query, delta_since=content["w"], token=delta)
+        return query._replace(delta_since=content["w"], token=delta)
     return query
 
 
@@ -131,7 +130,7 @@ def _b64(data: bytes) -> str:
 
 
 def _bound(query: ListQuery) -> dict[str, object]:
-    return {name: value for name, value in asdict(query.filters()).items() if name in _FILTERS}
+    return {name: value for name, value in query.filters()._asdict().items() if name in _FILTERS}
 
 
 def _invalid(name: str) -> InvalidRequest:

@@ -33,8 +33,8 @@ import logging
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from shared import editing
 from shared.budget import MAX_CLOCK_SKEW_SECONDS, REQUEST_BUDGET_SECONDS
@@ -82,14 +82,12 @@ DELTA_LINK_LIFETIME = timedelta(days=30)
 MAX_PAGE_BYTES = 4 * 1024 * 1024 - 8 * 1024  # 8 KiB for the envelope and its links
 
 
-@dataclass(frozen=True)
-class WriteResult:
+class WriteResult(NamedTuple):
     referral: StoredReferral
     created: bool
 
 
-@dataclass(frozen=True)
-class _UnsettledWrite:
+class _UnsettledWrite(NamedTuple):
     """A write storage reported as lost. It may still have landed: a storage client that retries a
     request whose response was lost gets 412/409 from its own first attempt. The next read settles it.
     """
@@ -100,15 +98,13 @@ class _UnsettledWrite:
     created: bool
 
 
-@dataclass(frozen=True)
-class Page:
+class Page(NamedTuple):
     referrals: list[StoredReferral]
     next_token: str | None  # the skipToken of the next page; None on the last page
     delta_token: str | None  # on the last page: the deltaToken of what changes from the run's start on
 
 
-@dataclass(frozen=True)
-class HistoryPage:
+class HistoryPage(NamedTuple):
     activities: list[JsonObject]
     next_start: int | None  # the number of the next page's first activity; None on the last page
 
@@ -246,8 +242,7 @@ def list_referrals(store: ReferralStore, caller: Caller, query: ListQuery) -> Pa
     return Page(referrals, None, delta_token(query, caller, key, started))
 
 
-@dataclass(frozen=True)
-class Verified:
+class Verified(NamedTuple):
     """An index row and what it shows the caller: the referral as it is now, or None."""
 
     row: IndexEntry

@@ -28,7 +28,6 @@ Storage faults become `ServiceNotAvailable`; lost races become `WriteConflict` /
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import functools
 import json
 import logging
@@ -40,9 +39,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 from azure.core import MatchConditions
@@ -103,8 +101,7 @@ class AlreadyExists(Exception):
     """A referral with this id was created since it was read as absent."""
 
 
-@dataclass(frozen=True)
-class StoredReferral:
+class StoredReferral(NamedTuple):
     referral_id: str
     body: str  # the JSON GET returns: the referral and its newest activities
     etag: str  # public, quoted, strong
@@ -239,8 +236,7 @@ class SlotTaken(Exception):
     """The subscription slot was taken since the slots were read."""
 
 
-@dataclass(frozen=True)
-class StoredSubscription:
+class StoredSubscription(NamedTuple):
     """A webhook subscription and its delivery position (`shared.delivery`).
 
     The secret is stored as given: it signs every delivery, so it must be readable (a hash would not
@@ -340,8 +336,7 @@ def _micros(timestamp: str) -> int:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     """One row of an organization's index: a referral version as listings find it."""
 
     organization: str
@@ -382,8 +377,7 @@ class IndexEntry:
         )
 
 
-@dataclass(frozen=True)
-class _Write:
+class _Write(NamedTuple):
     entity: dict[str, Any]
     archive_rows: list[dict[str, Any]]  # history rows to create in the same transaction, oldest first
     result: StoredReferral
@@ -540,9 +534,11 @@ class ReferralStore:
         can neither make it queue without end nor let it take the threads requests read with.
         """
 
+        table = self._existing_table()  # already made sure of: these rows were written or listed
+
         def delete(entry: IndexEntry) -> None:
             try:
-                self._existing_table().delete_entity(entry.partition_key, entry.row_key, **_call_options())
+                table.delete_entity(entry.partition_key, entry.row_key, **_call_options())
             except AzureError as error:
                 log.warning(to_json({"event": "indexCleanupDeferred", "error": type(error).__name__}))
 
@@ -660,7 +656,7 @@ class ReferralStore:
                 )
             except (ResourceModifiedError, ResourceNotFoundError):
                 raise WriteConflict(subscription.subscription_id) from None
-        return dataclasses.replace(subscription, storage_etag=str(metadata["etag"]))
+        return subscription._replace(storage_etag=str(metadata["etag"]))
 
     def delete_subscription(self, subscription: StoredSubscription) -> None:
         """Delete a subscription and free its slot, together; gone already is no error."""

@@ -7,7 +7,6 @@ The secret is generated here, returned once by the creation response, and never 
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import json
 import logging
@@ -155,7 +154,7 @@ def resume(store: ReferralStore, caller: Caller, raw_id: str, body: Any) -> Stor
     if properties.get("status") != ACTIVE:
         raise InvalidRequest('A subscription is resumed with {"status": "Active"}.', target="status")
     for _ in range(3):  # a delivery pass may save its position meanwhile: read again, resume that
-        resumed = dataclasses.replace(found, status=ACTIVE, failures=0, failing_since=None, next_attempt_at=None)
+        resumed = found._replace(status=ACTIVE, failures=0, failing_since=None, next_attempt_at=None)
         if resumed == found:
             return found
         try:
