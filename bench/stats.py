@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,15 @@ def paired_ratio(handler_rounds: Sequence[Sequence[float]], raw_rounds: Sequence
     return statistics.median(
         percentile(h, 0.5) / percentile(r, 0.5) for h, r in zip(handler_rounds, raw_rounds, strict=True)
     )
+
+
+def median_interval(values: Sequence[float], *, resamples: int = 4000) -> tuple[float, float]:
+    """A 95% bootstrap interval for the median of `values`: how far the median of this many samples
+    could have landed on another run of the same machine state. Seeded, so the same samples print
+    the same interval."""
+    draw = random.Random(0)
+    medians = sorted(statistics.median(draw.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def render_table(rows: Sequence[dict[str, Any]]) -> str:
