@@ -13,7 +13,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 import pytest
-from azure.data.tables import TableServiceClient
+from azure.core.exceptions import ServiceRequestError
+from azure.data.tables import TableClient, TableServiceClient
 
 import get_referral
 from shared import service
@@ -107,6 +108,26 @@ def test_an_instance_makes_its_table_on_first_write_or_query_and_a_read_before_i
     referral_id = create(api)
     assert table_exists()
     assert ids(list_page(api)) == [referral_id]
+
+
+def test_a_table_check_that_storage_fails_is_503_and_tried_again_by_the_next_request(
+    api: Api, fresh_table: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault Azurite cannot be made to give on exactly this call: the check's one request fails.
+    real_create = TableClient.create_table
+    failures = iter([ServiceRequestError("connection refused")])
+
+    def create_table(table: TableClient, **options: Any) -> Any:
+        for failure in failures:
+            raise failure
+        return real_create(table, **options)
+
+    monkeypatch.setattr(TableClient, "create_table", create_table)
+    assert list_page(api).status == 503
+    assert not table_exists()
+    reply = list_page(api)  # the failed check was not remembered as done
+    assert reply.status == 200 and reply.json["value"] == []
+    assert table_exists()
 
 
 def test_filters_by_status_source_and_updated_since(api: Api, fresh_table: None) -> None:
