@@ -34,8 +34,9 @@ from typing import Any
 
 from shared import outbound, service
 from shared.errors import ApiError
-from shared.events import build_event, event_type, signed_headers
+from shared.events import CREATED, UPDATED, build_event, signed_headers
 from shared.listing import ListQuery
+from shared.model import ActivityAction
 from shared.policy import Caller
 from shared.settings import settings
 from shared.store import ReferralStore, StoredReferral, StoredSubscription, WriteConflict
@@ -130,13 +131,18 @@ def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: fl
         for item in batch:
             current = item.shown
             if current is not None and delivered.get(current.referral_id, "") < current.updated_date:
-                if sent >= MAX_EVENTS_PER_PASS or time.monotonic() >= deadline:
+                kind = news_type(subscription, current, delivered, floor)
+                stop = sent >= MAX_EVENTS_PER_PASS or time.monotonic() >= deadline
+                if not stop and kind is not None:
+                    failed = stop = not _send(subscription, current, kind, source, config.allow_loopback)
+                if stop:
                     complete = False
+                    if kind == CREATED and processed_until is not None:
+                        # Left to the next pass, whose floor must not pass this creation: it is news
+                        # there too, the same event of the same type.
+                        processed_until = min(processed_until, str(current.document()[0]["createdDate"]))
                     break
-                if event_type(current) in subscription.events:
-                    if not _send(subscription, current, source, config.allow_loopback):
-                        failed, complete = True, False
-                        break
+                if kind is not None:
                     sent += 1
                 delivered[current.referral_id] = current.updated_date
             processed_until = item.row.updated_date
@@ -156,6 +162,47 @@ def deliver(store: ReferralStore, subscription: StoredSubscription, deadline: fl
     ):
         store.save_subscription(updated)
     return Outcome(subscription.subscription_id, sent, failed, updated.status == SUSPENDED)
+
+
+def news_type(
+    subscription: StoredSubscription, referral: StoredReferral, delivered: dict[str, str], floor: str
+) -> str | None:
+    """The type of the event this subscription gets for the referral's current version, or None.
+
+    Undelivered changes of a referral merge into its current version. When they include its creation
+    (dated within this pass's read-back, nothing of the referral dealt with since: a version dealt with
+    is in `delivered`, which keeps everything dated from `floor` on) and the subscription saw that
+    creation, the event is the creation: a subscription to creations alone would otherwise miss every
+    referral changed again before a pass told it. A subscription to updates alone still hears of the
+    updates merged in. An organization invited later hears of the referral as an update, however soon.
+    """
+    document, shown = referral.document()
+    created = str(document.get("createdDate", ""))
+    news_of_creation = (
+        referral.referral_id not in delivered and created >= floor and _saw_creation(subscription, referral, shown)
+    )
+    if news_of_creation and CREATED in subscription.events:
+        return CREATED
+    if document.get("updatedDate") != created and UPDATED in subscription.events:
+        return UPDATED
+    return None
+
+
+def _saw_creation(subscription: StoredSubscription, referral: StoredReferral, shown: list[dict[str, Any]]) -> bool:
+    """Whether the subscription could see the referral's first version: an admin's sees every one; an
+    organization's, one it participated in from the start, as the creation activity records it (every
+    first participant appears there with its first status). Once that activity is archived (many
+    changes since), it counts as seen: rather one created event too many than one missed."""
+    if subscription.reads_all:
+        return True
+    if referral.archived_rows:
+        return True  # the oldest activities, the creation first, are archived
+    oldest = json.loads(referral.older_json) if referral.older_json else shown
+    if not oldest or oldest[0].get("action") != ActivityAction.CREATED:
+        return True
+    return f"participants[{subscription.organization}].status" in {
+        change.get("property") for change in oldest[0].get("changes", [])
+    }
 
 
 def _advanced(
@@ -205,9 +252,11 @@ def _failed(subscription: StoredSubscription, now: str, retry_seconds: int) -> S
     )
 
 
-def _send(subscription: StoredSubscription, referral: StoredReferral, source: str, allow_loopback: bool) -> bool:
+def _send(
+    subscription: StoredSubscription, referral: StoredReferral, kind: str, source: str, allow_loopback: bool
+) -> bool:
     """One signed delivery; whether the receiver acknowledged it (2xx). Its answer is never logged."""
-    identifier, body = build_event(referral, source)
+    identifier, body = build_event(referral, source, kind)
     headers = signed_headers(subscription.secret, identifier, body)
     started = time.perf_counter()
     outcome: str

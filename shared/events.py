@@ -37,13 +37,10 @@ def event_id(referral: StoredReferral) -> str:
     return f"{referral.referral_id}.{referral.etag.strip(chr(34))}"
 
 
-def event_type(referral: StoredReferral) -> str:
-    document, _ = referral.document()
-    return CREATED if document.get("createdDate") == document.get("updatedDate") else UPDATED
-
-
-def build_event(referral: StoredReferral, source: str) -> tuple[str, bytes]:
-    """The event for the referral's current version: its id and its structured JSON."""
+def build_event(referral: StoredReferral, source: str, kind: str) -> tuple[str, bytes]:
+    """The event of type `kind` for the referral's current version: its id and its structured JSON.
+    The kind is the receiver's news, not the version's (`shared.delivery.news_type`): a creation that
+    merged with later changes is still the referral's creation to a receiver that never heard of it."""
     document, activities = referral.document()
     newest = activities[-1] if activities else {}
     data: dict[str, Any] = {
@@ -59,7 +56,7 @@ def build_event(referral: StoredReferral, source: str) -> tuple[str, bytes]:
             "specversion": "1.0",
             "id": identifier,
             "source": source,
-            "type": event_type(referral),
+            "type": kind,
             "subject": f"/api/v1/referrals/{referral.referral_id}",
             "time": parse_utc(referral.updated_date),
             "datacontenttype": "application/json",

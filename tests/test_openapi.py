@@ -433,7 +433,7 @@ def test_the_webhook_events_are_documented_as_the_service_builds_them() -> None:
     body = '{"id":"r1","createdDate":"2026-01-01T00:00:00.000000Z","updatedDate":"2026-01-02T00:00:00.000000Z",'
     body += '"status":"Active","activities":[{"changedProperties":["status"]}]}'
     referral = StoredReferral("r1", body, '"v1"', frozenset(), "2026-01-02T00:00:00.000000Z", "", "", 0)
-    event_id, payload = build_event(referral, "https://example.test/api/v1/referrals")
+    event_id, payload = build_event(referral, "https://example.test/api/v1/referrals", "referral-updated")
     import json
 
     event = json.loads(payload)
