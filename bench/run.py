@@ -672,6 +672,7 @@ def measure(bench: Bench, log: Callable[[str], None]) -> dict[str, Any]:
             "raw": {**stats.side_summary(raw_rounds[case.key]),
                     "cpu_ms": statistics.median(r for _, r in cpu[case.key]) * 1000},
             "ratio": ratio, "target": case.target, "storage_calls": calls[case.key],
+            "ratio_interval": stats.paired_ratio_interval(handler_rounds[case.key], raw_rounds[case.key]),
             "target_text": f"<= {case.target:.2f}x" if case.target else "-",
             "verdict": "-" if case.target is None else ("pass" if ratio <= case.target else "MISS"),
         })

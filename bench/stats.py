@@ -33,6 +33,25 @@ def paired_ratio(handler_rounds: Sequence[Sequence[float]], raw_rounds: Sequence
     )
 
 
+def paired_ratio_interval(
+    handler_rounds: Sequence[Sequence[float]], raw_rounds: Sequence[Sequence[float]], *, resamples: int = 1000
+) -> tuple[float, float]:
+    """A 95% bootstrap interval for `paired_ratio`: the pairs of each round are resampled together
+    (a pair's two calls saw the same moment of the machine), and the ratio computed again. A target
+    inside the interval is at the edge: another run of the same tree could land on either side."""
+    draw = random.Random(0)
+    rounds = [list(zip(h, r, strict=True)) for h, r in zip(handler_rounds, raw_rounds, strict=True)]
+    ratios = []
+    for _ in range(resamples):
+        per_round = []
+        for pairs in rounds:
+            chosen = draw.choices(pairs, k=len(pairs))
+            per_round.append(percentile([h for h, _ in chosen], 0.5) / percentile([r for _, r in chosen], 0.5))
+        ratios.append(statistics.median(per_round))
+    ratios.sort()
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+
+
 def median_interval(values: Sequence[float], *, resamples: int = 4000) -> tuple[float, float]:
     """A 95% bootstrap interval for the median of `values`: how far the median of this many samples
     could have landed on another run of the same machine state. Seeded, so the same samples print
@@ -45,7 +64,7 @@ def median_interval(values: Sequence[float], *, resamples: int = 4000) -> tuple[
 def render_table(rows: Sequence[dict[str, Any]]) -> str:
     header = (
         "| case | handler p50 ms | handler p99 ms | handler ops/s | raw p50 ms | raw p99 ms | raw ops/s "
-        "| handler/raw | target | | client CPU ms/op handler : raw | storage calls handler : raw |"
+        "| handler/raw (95% interval) | target | | client CPU ms/op handler : raw | storage calls handler : raw |"
     )
     lines = [header, "|" + "---|" * 12]
     for row in rows:
@@ -56,6 +75,13 @@ def render_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['case']} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {h['ops_per_s']:.0f} "
             f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['ops_per_s']:.0f} "
-            f"| {row['ratio']:.3f}x | {row['target_text']} | {row['verdict']} | {cpu} | {calls_text} |"
+            f"| {_ratio_text(row)} | {row['target_text']} | {row['verdict']} | {cpu} | {calls_text} |"
         )
     return "\n".join(lines)
+
+
+def _ratio_text(row: dict[str, Any]) -> str:
+    interval = row.get("ratio_interval")
+    if not interval:
+        return f"{row['ratio']:.3f}x"
+    return f"{row['ratio']:.3f}x ({interval[0]:.3f}-{interval[1]:.3f})"
