@@ -46,7 +46,7 @@ soak: $(STAMP_PY) $(STAMP_NODE)
 	$(PY) -m pytest -m soak
 
 bench: $(STAMP_PY) $(STAMP_NODE)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .azurite .local .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,7 +12,11 @@ import json
 import logging
 import os
 import secrets
+import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,7 @@ import azure.functions as func
 from azure.core import MatchConditions
 from azure.data.tables import TableClient, UpdateMode
 
-from scripts.azurite import Azurite
+from scripts.azurite import Azurite, table_connection_string
 from scripts.dev_tokens import DEV_AUDIENCE, DEV_HOME_TENANT, DEV_PARTNER_TENANTS, SigningKey
 from scripts.host_http import HostRequest, HostResponse, header_map
 from scripts.runtime_driver import LoadedFunction, RuntimeDriver
@@ -79,22 +83,32 @@ class World:
     jwks_path: Path
     workdir: tempfile.TemporaryDirectory[str]
     env: dict[str, str] = field(default_factory=dict)
+    # `bench.latency_proxy` between both sides and Azurite, when a round trip is simulated (`--rtt-ms`).
+    latency_proxy: subprocess.Popen[str] | None = None
 
     @classmethod
-    def start(cls) -> World:
+    def start(cls, rtt_ms: float = 0.0) -> World:
         workdir = tempfile.TemporaryDirectory(prefix="referrals-bench-")
         key = SigningKey.generate()
         jwks_path = key.write(Path(workdir.name))
         azurite = Azurite.start_table()
+        proxy, port = None, azurite.table_port
+        if rtt_ms:
+            proxy = subprocess.Popen(
+                [sys.executable, "-m", "bench.latency_proxy", "--target-port", str(port), "--rtt-ms", str(rtt_ms)],
+                cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            )
+            assert proxy.stdout is not None
+            port = int(proxy.stdout.readline())
         env = {
-            "REFERRALS_STORAGE": azurite.connection_string,
+            "REFERRALS_STORAGE": table_connection_string(port),
             "REFERRALS_TABLE": TABLE,
             "AUTH_AUDIENCE": DEV_AUDIENCE,
             "AUTH_TENANT_ID": HOME,
             "AUTH_ALLOWED_TENANTS": f"{PARTNER_A},{PARTNER_B},{OTHER_ORG}",
             "AUTH_JWKS_URI": jwks_path.as_uri(),
         }
-        return cls(azurite, key, jwks_path, workdir, env)
+        return cls(azurite, key, jwks_path, workdir, env, proxy)
 
     def apply_env(self) -> None:
         os.environ.update(self.env)
@@ -109,9 +123,29 @@ class World:
         clients), and no per-request proxy lookup in the environment (`use_env_settings=False`: with
         the default, requests scans os.environ on every call, about 0.2 ms of CPU; see
         docs/benchmarks.md)."""
-        return TableClient.from_connection_string(self.azurite.connection_string, TABLE, use_env_settings=False)
+        return TableClient.from_connection_string(self.env["REFERRALS_STORAGE"], TABLE, use_env_settings=False)
+
+    def added_round_trip_ms(self, calls: int = 60) -> float:
+        """What the latency proxy adds to a storage call, measured after seeding: the median of one
+        small query through it, less the same query straight to Azurite, the two alternating."""
+        if self.latency_proxy is None:
+            return 0.0
+        sides = [
+            TableClient.from_connection_string(self.azurite.connection_string, TABLE, use_env_settings=False),
+            self.raw_table(),
+        ]
+        times: list[list[float]] = [[], []]
+        for index in range(2 * calls):
+            side = (index + index // 2) % 2  # direct, proxied, proxied, direct, ...
+            started = time.perf_counter()
+            list(sides[side].query_entities("PartitionKey eq 'none'"))
+            times[side].append(time.perf_counter() - started)
+        return (statistics.median(times[1]) - statistics.median(times[0])) * 1000
 
     def stop(self) -> None:
+        if self.latency_proxy is not None:
+            self.latency_proxy.terminate()
+            self.latency_proxy.wait(timeout=10)
         self.azurite.stop()
         self.workdir.cleanup()
 
