@@ -1,6 +1,7 @@
 """What a POST's storage calls cost, design by design, measured raw (no handler code at all).
 
-    .venv/bin/python -m bench.designs
+    .venv/bin/python -m bench.designs              # on loopback
+    .venv/bin/python -m bench.designs --rtt-ms 3   # with a simulated 3 ms storage round trip
 
 The handler's POST ratio is bounded below by the storage calls its design makes. This measures the
 floor of each write design with the same SDK client, entity and interleaving as `bench.run`, so a
@@ -22,6 +23,7 @@ design choice in `shared.store` / `shared.service` can be judged before it is co
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -143,7 +145,10 @@ class Designs:
 
 
 def main() -> int:
-    world = workload.World.start()
+    parser = argparse.ArgumentParser(description="POST storage designs, measured raw")
+    parser.add_argument("--rtt-ms", type=float, default=0.0, metavar="MS",
+                        help="add this round trip to every storage call (bench.latency_proxy)")
+    world = workload.World.start(parser.parse_args().rtt_ms)
     try:
         plan = run.Plan(rounds=1, post_status=0, pool=24)
         bench = run.open_bench(world, plan)
