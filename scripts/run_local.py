@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.azurite import wait_for_port
+from scripts.azurite import stop_process, wait_for_port
 from scripts.dev_tokens import DEV_PARTNER_TENANTS, SigningKey
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +66,7 @@ def start_azurite() -> subprocess.Popen[bytes] | None:
         for port in AZURITE_PORTS:
             wait_for_port(port)
     except BaseException:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
         raise
     print(f"Azurite is running (data in .azurite/, log in {log.relative_to(ROOT)}).")
     return process
@@ -124,8 +123,7 @@ def main() -> None:
         pass
     finally:
         if azurite is not None:
-            azurite.terminate()
-            azurite.wait(timeout=10)
+            stop_process(azurite)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from scripts import azurite as azurite_script
 from scripts import run_local
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,32 @@ def test_local_settings_follow_a_clone_that_moved(tmp_path: Path, monkeypatch: p
     settings_path.write_text(json.dumps({"Values": values}))
     run_local.ensure_local_settings()  # a developer's own choice of keys is theirs
     assert json.loads(settings_path.read_text())["Values"]["AUTH_JWKS_URI"].startswith("https://")
+
+
+def test_every_azurite_the_project_starts_runs_with_telemetry_off(
+    azurite: azurite_script.Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tests' own table emulator, as it is running now.
+    arguments = Path(f"/proc/{azurite.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--disableTelemetry" in arguments
+    # make run's: `python -m scripts.azurite` execs Azurite with these arguments.
+    executed: list[list[str]] = []
+    monkeypatch.setattr(azurite_script.os, "execv", lambda path, argv: executed.append(argv))
+    monkeypatch.setattr(sys, "argv", ["scripts.azurite", "--location", str(tmp_path)])
+    azurite_script.main()
+    assert "--disableTelemetry" in executed[0]
+
+
+def test_an_azurite_slow_to_stop_is_killed_after_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Stopping make run must end its Azurite, however long that Azurite would linger after SIGTERM.
+    ignores_sigterm = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    )
+    lingering = subprocess.Popen([sys.executable, "-c", ignores_sigterm], stdout=subprocess.PIPE)  # noqa: S603
+    assert lingering.stdout is not None and lingering.stdout.readline()  # its handler is in place
+    monkeypatch.setattr(azurite_script, "STOP_TIMEOUT_SECONDS", 0.2)
+    azurite_script.stop_process(lingering)
+    assert lingering.returncode == -9  # killed, not left running behind make run
 
 
 def published(names: list[str]) -> set[str]:
