@@ -16,10 +16,22 @@ from __future__ import annotations
 import argparse
 import queue
 import socket
+import subprocess
 import sys
 import threading
 import time
 from contextlib import suppress
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(target_port: int, rtt_ms: float) -> tuple[subprocess.Popen[str], int]:
+    """This forwarder as a process of its own in front of `target_port`, and the port it listens on."""
+    command = [sys.executable, "-m", "bench.latency_proxy", "--target-port", str(target_port), "--rtt-ms", str(rtt_ms)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    return process, int(process.stdout.readline())
 
 
 def _forward(source: socket.socket, target: socket.socket, hold: float) -> None:

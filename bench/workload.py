@@ -14,7 +14,6 @@ import os
 import secrets
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import azure.functions as func
 from azure.core import MatchConditions
 from azure.data.tables import TableClient, UpdateMode
 
+from bench import latency_proxy
 from scripts.azurite import Azurite, table_connection_string
 from scripts.dev_tokens import DEV_AUDIENCE, DEV_HOME_TENANT, DEV_PARTNER_TENANTS, SigningKey
 from scripts.host_http import HostRequest, HostResponse, header_map
@@ -94,12 +94,7 @@ class World:
         azurite = Azurite.start_table()
         proxy, port = None, azurite.table_port
         if rtt_ms:
-            proxy = subprocess.Popen(
-                [sys.executable, "-m", "bench.latency_proxy", "--target-port", str(port), "--rtt-ms", str(rtt_ms)],
-                cwd=ROOT, stdout=subprocess.PIPE, text=True,
-            )
-            assert proxy.stdout is not None
-            port = int(proxy.stdout.readline())
+            proxy, port = latency_proxy.start(azurite.table_port, rtt_ms)
         env = {
             "REFERRALS_STORAGE": table_connection_string(port),
             "REFERRALS_TABLE": TABLE,

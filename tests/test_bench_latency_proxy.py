@@ -4,28 +4,22 @@ Azurite: every call through it arrives intact and in order, and waits at least t
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from azure.data.tables import TableClient, UpdateMode
 
+from bench import latency_proxy
 from scripts.azurite import Azurite, table_connection_string
 
-ROOT = Path(__file__).resolve().parent.parent
 RTT_MS = 40  # far above loopback's own (~1 ms), so the hold is what a call's time is made of
 
 
 @pytest.fixture(scope="module")
 def proxied_table(azurite: Azurite) -> Iterator[TableClient]:
-    command = [sys.executable, "-m", "bench.latency_proxy", "--target-port", str(azurite.table_port)]
-    proxy = subprocess.Popen([*command, "--rtt-ms", str(RTT_MS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)  # noqa: S603 (our own module)
+    proxy, port = latency_proxy.start(azurite.table_port, RTT_MS)
     try:
-        assert proxy.stdout is not None
-        port = int(proxy.stdout.readline())
         table = TableClient.from_connection_string(table_connection_string(port), "LatencyProxy")
         table.create_table()
         yield table
