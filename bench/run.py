@@ -742,6 +742,7 @@ def main() -> int:
         if options.cold_only:
             log(f"Azurite on 127.0.0.1:{world.azurite.table_port}; seeding the one referral the cold start reads")
             bench.seed_cold()
+            rtt_measured = world.added_round_trip_ms()
             result: dict[str, Any] = {"rows": [], "notes": ["--cold-only: warm cases and peak memory not measured"]}
         else:
             log(f"Azurite on 127.0.0.1:{world.azurite.table_port}; seeding {plan.pool} referrals "
